@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test`. Both create .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup test test-fast lint bench demo clean
+
+$(STAMP): pyproject.toml constraints-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# CPU PyTorch first, pinned by the development constraints (the library itself asks for a range).
+	$(PY) -m pip install --quiet -c constraints-dev.txt torch
+	$(PY) -m pip install --quiet -c constraints-dev.txt -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check TextGuidedSegLib Testing Training
+	$(PY) -m pytest Testing
+
+test-fast: $(STAMP)
+	$(PY) -m pytest Testing -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check TextGuidedSegLib Testing Training
+
+bench: $(STAMP)
+	$(PY) Testing/bench/bench_forward.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
