@@ -1,0 +1,136 @@
+"""The inference path: prompts -> conditioning, sliding window, back onto the input grid, label maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_path
+from TextGuidedSegLib.bundle import load_bundle
+from TextGuidedSegLib.inference import Segmenter
+from TextGuidedSegLib.inference.segmenter import _label_map
+from TextGuidedSegLib.io import load_volume
+from TextGuidedSegLib.taxonomy import PromptError
+from TextGuidedSegLib.text import EmbeddingCacheError
+
+
+class IntensityOracle(torch.nn.Module):
+    """A stand-in model whose logits are a steep function of the windowed intensity, the same for every query.
+
+    With the default HU window [-175, 250] its masks are exactly "HU above 37.5" in model space, so the
+    Segmenter's output can be compared with thresholding the input on its own grid.
+    """
+
+    output = "query"
+    uses_text = True
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.calls = 0
+
+    def forward(self, image, text=None, class_indices=None):
+        self.calls += 1
+        return 40.0 * (image - 0.5).expand(-1, text.shape[1], -1, -1, -1)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def test_segmenter_output_lies_on_the_input_grid(make_bundle) -> None:
+    """End to end with a model whose answer is known: the label map agrees with HU > 37.5 on the input grid."""
+    volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
+    bundle = load_bundle(make_bundle(spacing=1.5))
+    bundle.model = IntensityOracle(bundle.model.config)
+    result = Segmenter(bundle, device="cpu", progress=False).segment(volume, "liver and spleen")
+    assert result.labels.shape == volume.shape
+    assert result.labels.dtype == np.uint8
+    expected = volume.array > 37.5
+    # Both queries get the same mask; ties go to the first query.
+    assert set(np.unique(result.labels)) <= {0, 1}
+    dice = _dice(result.labels == 1, expected)
+    assert dice >= 0.95, f"Dice {dice:.3f} of the oracle mask against HU > 37.5 on the input grid"
+    assert [s.name for s in result.segments] == ["Liver", "Spleen"]
+    assert result.segments[1].voxels == 0
+    voxel_ml = 27.0 / 1000.0  # 3 mm isotropic voxels
+    assert result.segments[0].volume_ml == pytest.approx(result.segments[0].voxels * voxel_ml)
+
+
+def test_queries_and_conditioning_for_a_cache_only_bundle(make_bundle) -> None:
+    bundle = load_bundle(make_bundle())
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    assert not segmenter.understands_free_text
+    queries = segmenter.queries("Segment liver and kidneys from abdominal CT")
+    assert [q.class_name for q in queries] == ["liver", "right_kidney", "left_kidney"]
+    text, indices = segmenter.conditioning(queries)
+    assert indices is None
+    assert text.shape == (1, 3, 16)
+    assert torch.equal(text[0], bundle.cache.get([q.prompt for q in queries]))
+    with pytest.raises(PromptError, match="pancreatic duct"):
+        segmenter.queries("pancreatic duct")
+    # A known structure outside the bundle's vocabulary is not silently mapped to another.
+    with pytest.raises(PromptError, match="Liver"):
+        segmenter.queries("prostate")
+
+
+def test_missing_embedding_without_encoder_lists_the_vocabulary(make_bundle) -> None:
+    from TextGuidedSegLib.taxonomy import StructureQuery
+
+    bundle = load_bundle(make_bundle())
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    query = StructureQuery(text="hepatic cyst", prompt="hepatic cyst", structure=None)
+    with pytest.raises(EmbeddingCacheError, match="no text encoder.*Liver, Spleen, Right Kidney, Left Kidney"):
+        segmenter.conditioning([query])
+
+
+def test_channel_models_select_their_channels(make_bundle) -> None:
+    bundle = load_bundle(make_bundle(architecture="film_v1", mode="global"))
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    queries = segmenter.queries("left kidney, liver")
+    text, indices = segmenter.conditioning(queries)
+    assert indices.tolist() == [[3, 0]]
+    assert torch.equal(text[0], bundle.cache.get([bundle.config.global_prompt]))
+    # Global mode answers an empty prompt with every structure it knows.
+    assert [q.class_name for q in segmenter.queries("  ")] == ["liver", "spleen", "right_kidney", "left_kidney"]
+
+    baseline = Segmenter(load_bundle(make_bundle(architecture="swinunetr")), device="cpu", progress=False)
+    text, indices = baseline.conditioning(baseline.queries("spleen"))
+    assert text is None and indices.tolist() == [[1]]
+    with pytest.raises(PromptError, match="empty"):
+        baseline.queries("")
+
+
+def test_free_text_with_a_text_encoder(tmp_path, make_bundle) -> None:
+    from TextGuidedSegLib.text import CLIPTextEncoder, TextEncoderSpec
+    from TextGuidedSegLib.text.testing import make_tiny_clip_text_model
+
+    folder = make_tiny_clip_text_model(tmp_path / "clip")
+    spec = TextEncoderSpec(str(folder))
+    encoder = CLIPTextEncoder(spec)
+    bundle = load_bundle(make_bundle(text_encoder=spec, encoder=encoder))
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    assert segmenter.understands_free_text
+    queries = segmenter.queries("liver, hepatic cyst")
+    assert [q.class_name for q in queries] == ["liver", None]
+    text, _ = segmenter.conditioning(queries)
+    assert torch.allclose(text[0, 1], encoder.encode([queries[1].prompt])[0], atol=1e-6)
+
+
+def test_label_map_gives_overlaps_to_the_more_probable_query() -> None:
+    probabilities = np.array([[[[0.9, 0.6, 0.2, 0.7]]], [[[0.8, 0.7, 0.1, 0.7]]]], dtype=np.float32)
+    masks = probabilities >= 0.5
+    labels = _label_map(probabilities, masks)
+    assert labels.tolist() == [[[1, 2, 0, 1]]]
+    assert labels.dtype == np.uint8
+
+
+def test_options_are_validated(make_bundle) -> None:
+    bundle = load_bundle(make_bundle())
+    with pytest.raises(ValueError, match="overlap must be in"):
+        Segmenter(bundle, overlap=1.0)
+    with pytest.raises(ValueError, match="threshold must be in"):
+        Segmenter(bundle, threshold=0.0)
+    with pytest.raises(ValueError, match="--device 'tpu'"):
+        Segmenter(bundle, device="tpu")

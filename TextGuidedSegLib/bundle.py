@@ -1,0 +1,457 @@
+"""Model bundles: a trained model as a folder (or a .zip of one) that inference can run from alone.
+
+A bundle folder holds::
+
+    config.json                    BundleConfig: model architecture, taxonomy, text encoder, pre-processing,
+                                   inference defaults, format version, bundle version, file checksums
+    model.safetensors              the model's state dict (no pickle anywhere)
+    text_cache/embeddings.json     prompt -> embedding cache (see TextGuidedSegLib.text.EmbeddingCache)
+    text_cache/embeddings.safetensors
+
+Loading builds the model from ``config.json`` alone, checks every file against its sha256 and every weight
+against the model's state dict, and fails with the offending file or key named.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+
+from TextGuidedSegLib import __version__
+from TextGuidedSegLib.models import ModelConfig, TextSegModel, build_model
+from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
+from TextGuidedSegLib.text import EmbeddingCache, TextEncoderSpec
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION = 1
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+CACHE_DIR = "text_cache"
+GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
+
+
+def channel_output(model: ModelConfig) -> bool:
+    """True when the model predicts one channel per taxonomy structure (global mode, text-free baselines)."""
+    return model.mode == "global" or model.architecture in ("swinunetr", "unetr")
+
+
+class BundleError(ValueError):
+    """A bundle cannot be read or does not match its own description; the message names the file or key."""
+
+
+def _tuple3(value: Any, name: str) -> tuple[float, float, float] | tuple[int, int, int]:
+    """Return ``value`` as a 3-tuple (a scalar is repeated); raise naming ``name`` otherwise."""
+    if isinstance(value, (int, float)):
+        return (value, value, value)
+    values = tuple(value)
+    if len(values) != 3:
+        raise ValueError(f"{name} must have 3 values (one per axis), got {list(values)}")
+    return values  # type: ignore[return-value]
+
+
+@dataclass
+class PreprocessConfig:
+    """How a CT is brought into model space.
+
+    Args:
+        spacing: target voxel size in mm along (x, y, z) after reorientation to RAS.
+        hu_window: (low, high) Hounsfield window mapped to [0, 1] with clipping.
+    """
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-175.0, 250.0)
+
+    def __post_init__(self) -> None:
+        self.spacing = tuple(float(s) for s in _tuple3(self.spacing, "preprocessing.spacing"))
+        if any(s <= 0 for s in self.spacing):
+            raise ValueError(f"preprocessing.spacing must be positive, got {self.spacing}")
+        low, high = (float(v) for v in self.hu_window)
+        if not low < high:
+            raise ValueError(f"preprocessing.hu_window must be (low, high) with low < high, got {self.hu_window}")
+        self.hu_window = (low, high)
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding-window defaults a bundle was validated with (each can be overridden per call).
+
+    Args:
+        roi_size: sliding-window size in voxels (each divisible by 32 for Swin models).
+        overlap: fraction of overlap between neighbouring windows, in [0, 1).
+        threshold: probability above which a voxel belongs to a structure, in (0, 1).
+        sw_batch_size: windows per forward pass.
+        blend_mode: "gaussian" or "constant" weighting of overlapping windows.
+    """
+
+    roi_size: tuple[int, int, int] = (96, 96, 96)
+    overlap: float = 0.5
+    threshold: float = 0.5
+    sw_batch_size: int = 1
+    blend_mode: str = "gaussian"
+
+    def __post_init__(self) -> None:
+        self.roi_size = tuple(int(s) for s in _tuple3(self.roi_size, "inference.roi_size"))
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"inference.overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"inference.threshold must be in (0, 1), got {self.threshold}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"inference.sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        if self.blend_mode not in ("gaussian", "constant"):
+            raise ValueError(f"inference.blend_mode must be 'gaussian' or 'constant', got {self.blend_mode!r}")
+
+
+@dataclass
+class BundleConfig:
+    """Everything needed to rebuild and run a bundle's model, stored as ``config.json``.
+
+    Args:
+        name: short identifier of the bundle (e.g. "film_v1_universal32").
+        model: the model's architecture hyper-parameters.
+        taxonomy: the structures the model was trained on, in channel order.
+        text_encoder: the text encoder that made the embeddings; None for a bundle that only carries its
+            embedding cache (it understands its cached vocabulary and nothing else).
+        version: the bundle's own version (of the weights), free text such as "1.0.0".
+        description: one paragraph for users (shown by ``textguidedseg info`` and in Slicer).
+        license: licence of the weights.
+        global_prompt: the conditioning prompt of a global-mode model.
+        preprocessing: spacing and HU window.
+        inference: sliding-window defaults.
+        format_version: version of this file layout (not of the weights).
+    """
+
+    name: str
+    model: ModelConfig
+    taxonomy: Taxonomy
+    text_encoder: TextEncoderSpec | None = None
+    version: str = "0.1.0"
+    description: str = ""
+    license: str = ""
+    global_prompt: str = GLOBAL_PROMPT
+    preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    format_version: int = BUNDLE_FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        if channel_output(self.model) and self.model.num_classes != len(self.taxonomy):
+            raise ValueError(
+                f"model.num_classes is {self.model.num_classes} but the taxonomy has {len(self.taxonomy)} "
+                "structures: a channel-output model needs one channel per taxonomy structure"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict (the content of ``config.json`` without checksums)."""
+        return {
+            "format_version": self.format_version,
+            "name": self.name,
+            "version": self.version,
+            "description": self.description,
+            "license": self.license,
+            "library_version": __version__,
+            "model": self.model.to_dict(),
+            "taxonomy": self.taxonomy.to_dict(),
+            "text_encoder": None if self.text_encoder is None else self.text_encoder.to_dict(),
+            "global_prompt": self.global_prompt,
+            "preprocessing": _jsonable(dataclasses.asdict(self.preprocessing)),
+            "inference": _jsonable(dataclasses.asdict(self.inference)),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
+        """Build from a ``config.json`` dict; unknown or missing keys raise a BundleError naming them."""
+        data = dict(data)
+        data.pop("checksums", None)
+        data.pop("library_version", None)
+        version = data.get("format_version")
+        if version != BUNDLE_FORMAT_VERSION:
+            raise BundleError(
+                f"{CONFIG_FILE}: format_version {version!r} is not supported by this library "
+                f"(it reads version {BUNDLE_FORMAT_VERSION}); update TextGuidedSegLib or re-export the bundle"
+            )
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise BundleError(f"{CONFIG_FILE}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+        for required in ("name", "model", "taxonomy"):
+            if required not in data:
+                raise BundleError(f"{CONFIG_FILE}: missing required key {required!r}")
+        try:
+            taxonomy = data["taxonomy"]
+            data["taxonomy"] = get_taxonomy(taxonomy) if isinstance(taxonomy, str) else Taxonomy.from_dict(taxonomy)
+            data["model"] = ModelConfig.from_dict(data["model"])
+            if data.get("text_encoder") is not None:
+                data["text_encoder"] = TextEncoderSpec.from_dict(data["text_encoder"])
+            data["preprocessing"] = _section(PreprocessConfig, data.get("preprocessing", {}), "preprocessing")
+            data["inference"] = _section(InferenceConfig, data.get("inference", {}), "inference")
+            return cls(**data)
+        except BundleError:
+            raise
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(f"{CONFIG_FILE}: {err}") from err
+
+
+def _section(cls: type, values: dict[str, Any], name: str) -> Any:
+    """Build a config section dataclass, naming unknown keys with their section."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise BundleError(f"{CONFIG_FILE}: unknown key(s) {unknown} in {name!r}; valid keys are {sorted(known)}")
+    return cls(**values)
+
+
+def _jsonable(value: Any) -> Any:
+    """Tuples to lists, recursively, so that ``json.dump`` and a reload agree."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: its config, the model (eval mode, on CPU until moved) and its embedding cache.
+
+    Attributes:
+        config: the bundle's configuration.
+        model: the model, built from ``config.model`` with the bundle's weights loaded.
+        cache: prompt -> embedding cache shipped with the bundle (may be empty for text-free models).
+        source: where the bundle was loaded from (folder or .zip).
+    """
+
+    config: BundleConfig
+    model: TextSegModel
+    cache: EmbeddingCache
+    source: Path | None = None
+
+    @property
+    def vocabulary(self) -> list[str]:
+        """Display names of the structures the bundle was trained on, in channel order."""
+        return [s.name for s in self.config.taxonomy]
+
+
+def _write_bundle_folder(folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache) -> None:
+    """Write the bundle files into an existing empty ``folder`` (config last, with checksums)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
+    cache.save(folder / CACHE_DIR)
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    checksums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
+    payload = config.to_dict()
+    payload["checksums"] = checksums
+    (folder / CONFIG_FILE).write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
+
+
+def save_bundle(
+    path: str | Path,
+    model: TextSegModel,
+    config: BundleConfig,
+    cache: EmbeddingCache,
+    overwrite: bool = False,
+) -> Path:
+    """Save ``model`` with its ``config`` and embedding ``cache`` as a bundle folder, or a .zip if ``path`` ends so.
+
+    The bundle is written to a temporary sibling first and moved into place at the end, so an existing
+    bundle at ``path`` is either replaced whole (``overwrite=True``) or left untouched.
+
+    Args:
+        path: target folder, or a ``.zip`` file path.
+        model: a model built from ``config.model``.
+        config: the bundle configuration.
+        cache: embeddings of the prompts the bundle must understand without a text encoder.
+        overwrite: replace an existing bundle at ``path``.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    if model.config.to_dict() != config.model.to_dict():
+        raise BundleError("the model's config differs from config.model: build the model from the bundle config")
+    if config.text_encoder is None and model.uses_text and len(cache) == 0:
+        raise BundleError(
+            "a bundle without a text encoder needs an embedding cache of its vocabulary: "
+            "build one with EmbeddingCache.build(taxonomy.prompts, encoder) before saving"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+        staging = Path(tmp) / "bundle"
+        staging.mkdir()
+        _write_bundle_folder(staging, config, model, cache)
+        if path.suffix == ".zip":
+            staged_zip = Path(tmp) / "bundle.zip"
+            with zipfile.ZipFile(staged_zip, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for file in sorted(staging.rglob("*")):
+                    if file.is_file():
+                        archive.write(file, file.relative_to(staging).as_posix())
+            os.replace(staged_zip, path)
+        else:
+            if path.exists():
+                backup = Path(tmp) / "previous"
+                os.replace(path, backup)
+            os.replace(staging, path)
+    logger.info("saved bundle %r (%s) to %s", config.name, config.model.architecture, path)
+    return path
+
+
+def _extract_zip(archive_path: Path, target: Path) -> Path:
+    """Extract a bundle .zip into ``target`` safely and return the folder holding ``config.json``."""
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            for member in archive.infolist():
+                name = Path(member.filename)
+                if name.is_absolute() or ".." in name.parts:
+                    raise BundleError(f"{archive_path}: refusing unsafe member path {member.filename!r}")
+            archive.extractall(target)
+    except zipfile.BadZipFile as err:
+        raise BundleError(f"{archive_path}: not a valid .zip file ({err})") from err
+    configs = sorted(target.rglob(CONFIG_FILE), key=lambda p: len(p.parts))
+    if not configs:
+        raise BundleError(f"{archive_path}: no {CONFIG_FILE} inside; is this a TextGuidedSeg bundle?")
+    return configs[0].parent
+
+
+def _read_config(folder: Path, source: Path) -> tuple[BundleConfig, dict[str, str]]:
+    """Read and validate ``config.json``; return the config and the recorded checksums."""
+    config_path = folder / CONFIG_FILE
+    if not config_path.is_file():
+        raise BundleError(f"{source}: no {CONFIG_FILE}; is this a TextGuidedSeg bundle folder?")
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{source}/{CONFIG_FILE}: not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise BundleError(f"{source}/{CONFIG_FILE}: expected a JSON object")
+    checksums = data.get("checksums", {})
+    try:
+        config = BundleConfig.from_dict(data)
+    except BundleError as err:
+        raise BundleError(f"{source}: {err}") from err
+    return config, checksums
+
+
+def _verify_checksums(folder: Path, checksums: dict[str, str], source: Path) -> None:
+    """Raise a BundleError naming the first file whose sha256 differs from ``config.json``'s record."""
+    if not checksums:
+        raise BundleError(f"{source}/{CONFIG_FILE}: no 'checksums' recorded; re-export the bundle with save_bundle")
+    for relative, expected in checksums.items():
+        file = folder / relative
+        if not file.is_file():
+            raise BundleError(f"{source}: file {relative} listed in {CONFIG_FILE} is missing")
+        if sha256_file(file) != expected:
+            raise BundleError(
+                f"{source}: checksum mismatch for {relative} (the file was modified or corrupted); "
+                "re-download or re-export the bundle"
+            )
+
+
+def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None:
+    """Load safetensors weights into ``model``, naming any missing, unexpected or mis-shaped key."""
+    try:
+        state = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own SafetensorError
+        raise BundleError(f"{source}/{WEIGHTS_FILE}: cannot read weights ({err})") from err
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        detail = []
+        if missing:
+            detail.append(f"missing {len(missing)} key(s), first {missing[0]!r}")
+        if unexpected:
+            detail.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]!r}")
+        raise BundleError(
+            f"{source}: {WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE} "
+            f"({model.config.architecture}, feature_size {model.config.feature_size}): " + "; ".join(detail)
+        )
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise BundleError(
+                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in {WEIGHTS_FILE} but the model in "
+                f"{CONFIG_FILE} expects {tuple(expected[key].shape)}; the config does not match the weights"
+            )
+    model.load_state_dict(state, strict=True)
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load a bundle folder or .zip: build the model from its config, load weights and embedding cache.
+
+    Never unpickles: config is JSON, weights and embeddings are safetensors.
+
+    Args:
+        path: bundle folder, or a .zip holding one.
+        verify: check every file against the sha256 recorded in ``config.json``.
+
+    Returns:
+        The bundle, with its model in eval mode on CPU.
+
+    Raises:
+        BundleError: the bundle is missing a file, was modified, or its config does not match its weights.
+    """
+    source = Path(path)
+    if not source.exists():
+        raise BundleError(f"bundle {source} does not exist (pass a bundle folder or a .zip)")
+    with tempfile.TemporaryDirectory(prefix="textguidedseg-bundle-") as tmp:
+        folder = _extract_zip(source, Path(tmp)) if source.is_file() else source
+        config, checksums = _read_config(folder, source)
+        if verify:
+            _verify_checksums(folder, checksums, source)
+        model = build_model(config.model)
+        _load_weights(model, folder / WEIGHTS_FILE, source)
+        model.eval()
+        cache_dir = folder / CACHE_DIR
+        try:
+            cache = EmbeddingCache.load(cache_dir)
+        except Exception as err:
+            raise BundleError(f"{source}: cannot read the embedding cache in {CACHE_DIR}/ ({err})") from err
+    if cache.dim != config.model.text_dim and model.uses_text and len(cache):
+        raise BundleError(
+            f"{source}: the embedding cache holds {cache.dim}-d vectors but the model expects "
+            f"text_dim {config.model.text_dim}"
+        )
+    logger.info("loaded bundle %r v%s from %s", config.name, config.version, source)
+    return Bundle(config=config, model=model, cache=cache, source=source)
+
+
+def bundle_summary(bundle: Bundle) -> dict[str, Any]:
+    """A JSON-safe description of a bundle for ``textguidedseg info`` and the Slicer panel."""
+    config = bundle.config
+    n_params = sum(p.numel() for p in bundle.model.parameters())
+    return {
+        "name": config.name,
+        "version": config.version,
+        "description": config.description,
+        "license": config.license,
+        "architecture": config.model.architecture,
+        "mode": config.model.mode,
+        "feature_size": config.model.feature_size,
+        "parameters": n_params,
+        "text_encoder": None if config.text_encoder is None else config.text_encoder.to_dict(),
+        "cached_prompts": len(bundle.cache),
+        "structures": [s.name for s in config.taxonomy],
+        "preprocessing": _jsonable(dataclasses.asdict(config.preprocessing)),
+        "inference": _jsonable(dataclasses.asdict(config.inference)),
+        "source": str(bundle.source) if bundle.source else None,
+    }
+

@@ -1,0 +1,1 @@
+"""Data for training, evaluation and demos: procedural CT phantoms and datasets."""

@@ -1,0 +1,344 @@
+"""CT + prompt -> label map on the input grid: the inference path shared by the CLI and the Slicer module.
+
+The steps, each in one place:
+
+1. the prompt is parsed into structure queries against the bundle's taxonomy (``taxonomy.parse_prompt``);
+2. each query gets its conditioning: a text embedding from the bundle's cache (or its text encoder), or a
+   channel index for channel-output models (global mode, text-free baselines);
+3. the volume goes to model space (RAS, bundle spacing) and through the bundle's HU window
+   (``inference.geometry``);
+4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
+5. sigmoid probabilities are resampled back onto the input's own grid, thresholded and optionally
+   post-processed (largest component, left/right split); overlapping structures go to the more probable one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+
+from TextGuidedSegLib.bundle import Bundle
+from TextGuidedSegLib.inference.geometry import to_model_space, to_original_space, window_intensity
+from TextGuidedSegLib.inference.postprocess import body_mask, keep_largest_component, split_by_laterality
+from TextGuidedSegLib.io import Volume
+from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, parse_prompt
+from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCacheError
+
+logger = logging.getLogger(__name__)
+
+SIDECAR_FORMAT_VERSION = 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Turn "auto" / "cpu" / "cuda" / "cuda:N" into a device; "auto" picks CUDA when present."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
+
+
+@dataclass
+class SegmentInfo:
+    """One segment of a segmentation result: what it is and how large it came out.
+
+    Attributes:
+        label_id: value of this segment in the label map (1 = first query).
+        name: display name ("Right Kidney", or the free text).
+        class_name: taxonomy key, None for a free-text query.
+        prompt: text the model was conditioned on.
+        text: the words the user typed for it.
+        color: recommended display colour, RGB 0-255.
+        terminology: Slicer terminology entry string, None for free text.
+        voxels: number of voxels in the label map.
+        volume_ml: volume in millilitres.
+    """
+
+    label_id: int
+    name: str
+    class_name: str | None
+    prompt: str
+    text: str
+    color: tuple[int, int, int]
+    terminology: str | None
+    voxels: int
+    volume_ml: float
+
+
+@dataclass
+class SegmentationResult:
+    """Output of ``Segmenter.segment``: a label map on the input grid plus what each label means.
+
+    Attributes:
+        labels: (I, J, K) uint8 (uint16 beyond 255 queries) label map on the input volume's grid; 0 is
+            background, ``q + 1`` is query ``q``.
+        segments: one entry per query, in label order.
+        queries: the structure queries, in label order.
+        probabilities: (Q, I, J, K) float32 sigmoid probabilities on the input grid, when requested.
+    """
+
+    labels: np.ndarray
+    segments: list[SegmentInfo]
+    queries: list[StructureQuery]
+    probabilities: np.ndarray | None = None
+
+    def sidecar(self, **extra: Any) -> dict[str, Any]:
+        """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
+        return {
+            "format_version": SIDECAR_FORMAT_VERSION,
+            **extra,
+            "segments": [
+                {
+                    "label_id": s.label_id,
+                    "name": s.name,
+                    "class_name": s.class_name,
+                    "prompt": s.prompt,
+                    "text": s.text,
+                    "color": list(s.color),
+                    "terminology": s.terminology,
+                    "voxels": s.voxels,
+                    "volume_ml": round(s.volume_ml, 3),
+                }
+                for s in self.segments
+            ],
+        }
+
+
+# Colours for free-text segments, which have no terminology entry.
+_FREE_TEXT_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+
+
+class Segmenter:
+    """Runs a bundle's model on CT volumes for text prompts.
+
+    Args:
+        bundle: a loaded bundle (``TextGuidedSegLib.bundle.load_bundle``).
+        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
+        overlap: sliding-window overlap in [0, 1); None takes the bundle's.
+        threshold: probability threshold in (0, 1); None takes the bundle's.
+        sw_batch_size: windows per forward pass; None takes the bundle's.
+        largest_component: keep only the largest connected component of each structure.
+        split_laterality: for left/right structures, drop voxels on the wrong side of the body midline.
+        progress: show a progress bar over the sliding windows.
+        text_encoder: an already loaded encoder for prompts the cache lacks; by default the bundle's own
+            encoder is loaded on first need (bundles without one answer only their cached vocabulary).
+
+    Example::
+
+        bundle = load_bundle("demo_bundle")
+        result = Segmenter(bundle).segment(load_volume("ct.nii.gz"), "liver and both kidneys")
+        save_label_map("ct_seg.nii.gz", result.labels, reference=volume)
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        device: str | torch.device = "auto",
+        overlap: float | None = None,
+        threshold: float | None = None,
+        sw_batch_size: int | None = None,
+        largest_component: bool = False,
+        split_laterality: bool = False,
+        progress: bool = True,
+        text_encoder: CLIPTextEncoder | None = None,
+    ) -> None:
+        settings = bundle.config.inference
+        self.bundle = bundle
+        self.device = resolve_device(device)
+        self.overlap = settings.overlap if overlap is None else float(overlap)
+        self.threshold = settings.threshold if threshold is None else float(threshold)
+        self.sw_batch_size = settings.sw_batch_size if sw_batch_size is None else int(sw_batch_size)
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
+        self.largest_component = largest_component
+        self.split_laterality = split_laterality
+        self.progress = progress
+        self._encoder = text_encoder
+        self.model = bundle.model.to(self.device).eval()
+
+    # -- prompts -> conditioning ------------------------------------------------------------------------
+
+    @property
+    def understands_free_text(self) -> bool:
+        """True when free text can be encoded: a query-mode model with a text encoder."""
+        model = self.bundle.model
+        return model.uses_text and model.output == "query" and (
+            self._encoder is not None or self.bundle.config.text_encoder is not None
+        )
+
+    def queries(self, prompt: str) -> list[StructureQuery]:
+        """Parse a prompt against the bundle's taxonomy.
+
+        A channel-output model in global mode answers an empty prompt with every structure it knows.
+        """
+        config = self.bundle.config
+        if not prompt.strip() and self.bundle.model.config.mode == "global":
+            return [StructureQuery(text="", prompt=s.prompt, structure=s) for s in config.taxonomy]
+        return parse_prompt(prompt, config.taxonomy, allow_free_text=self.understands_free_text)
+
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        """Embeddings (N, E) for prompts, from the cache or, for the missing ones, the text encoder."""
+        cache = self.bundle.cache
+        missing = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if missing:
+            if self._encoder is None and self.bundle.config.text_encoder is None:
+                raise EmbeddingCacheError(
+                    f"bundle {self.bundle.config.name!r} has no text encoder and its embedding cache lacks "
+                    f"{missing}; it understands: {', '.join(self.bundle.vocabulary)}"
+                )
+            if self._encoder is None:
+                self._encoder = CLIPTextEncoder(self.bundle.config.text_encoder, device=self.device)
+            cache.build(missing, self._encoder, progress=False)
+        return cache.get(prompts)
+
+    def conditioning(self, queries: Sequence[StructureQuery]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The model inputs for ``queries``: text (1, Q, E) or (1, 1, E), and class indices (1, Q) or None.
+
+        Query-mode models get one embedding per query. Channel-output models get class indices (plus, in
+        global mode, the embedding of the bundle's global prompt); they cannot answer free text.
+        """
+        model = self.bundle.model
+        taxonomy = self.bundle.config.taxonomy
+        if model.output == "query":
+            return self._embed([q.prompt for q in queries])[None].to(self.device), None
+        free = [q.text for q in queries if q.structure is None]
+        if free:
+            raise PromptError(
+                f"{model.config.architecture} ({model.config.mode} mode) predicts a fixed set of structures and "
+                f"cannot segment free text {free}; it understands: {', '.join(self.bundle.vocabulary)}"
+            )
+        indices = torch.tensor([[taxonomy.index(q.structure.class_name) for q in queries]], device=self.device)
+        text = self._embed([self.bundle.config.global_prompt])[None].to(self.device) if model.uses_text else None
+        return text, indices
+
+    # -- the volume -------------------------------------------------------------------------------------
+
+    def predict_logits(
+        self, image: torch.Tensor, text: torch.Tensor | None, class_indices: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Sliding-window logits (1, Q, X, Y, Z) for a windowed model-space image (1, 1, X, Y, Z)."""
+        settings = self.bundle.config.inference
+
+        def predictor(window: torch.Tensor) -> torch.Tensor:
+            n = window.shape[0]
+            batch_text = None if text is None else text.expand(n, -1, -1)
+            batch_indices = None if class_indices is None else class_indices.expand(n, -1)
+            return self.model(window, batch_text, batch_indices)
+
+        amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
+        with torch.inference_mode(), amp:
+            logits = sliding_window_inference(
+                image.to(self.device),
+                roi_size=settings.roi_size,
+                sw_batch_size=self.sw_batch_size,
+                predictor=predictor,
+                overlap=self.overlap,
+                mode=settings.blend_mode,
+                progress=self.progress,
+            )
+        return logits.float()
+
+    def segment(
+        self,
+        volume: Volume,
+        prompt: str | Sequence[StructureQuery],
+        return_probabilities: bool = False,
+    ) -> SegmentationResult:
+        """Segment ``volume`` for ``prompt``; the label map lies voxel for voxel on ``volume``'s grid.
+
+        Args:
+            volume: the CT, (I, J, K) HU with its voxel-to-RAS affine; it is not modified.
+            prompt: free text ("liver and both kidneys") or already parsed queries.
+            return_probabilities: also return (Q, I, J, K) probabilities on the input grid.
+        """
+        queries = self.queries(prompt) if isinstance(prompt, str) else list(prompt)
+        if not queries:
+            raise PromptError("no structure to segment: the prompt produced no query")
+        text, class_indices = self.conditioning(queries)
+        preprocessing = self.bundle.config.preprocessing
+        logger.info(
+            "segmenting %s (%s, spacing %s mm) for %s",
+            volume.source, "x".join(map(str, volume.shape)), volume.spacing, [q.name for q in queries],
+        )
+        image = to_model_space(volume, preprocessing.spacing)
+        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()[None]
+        logits = self.predict_logits(windowed, text, class_indices)
+        probabilities = torch.sigmoid(logits[0]).cpu()
+        probabilities = to_original_space(probabilities, volume, mode="bilinear", affine=image.affine)
+        masks = probabilities >= self.threshold
+        masks = self._postprocess(masks, queries, volume)
+        labels = _label_map(probabilities, masks)
+        segments = _segment_infos(labels, queries, volume)
+        return SegmentationResult(
+            labels=labels,
+            segments=segments,
+            queries=queries,
+            probabilities=probabilities if return_probabilities else None,
+        )
+
+    def _postprocess(self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> np.ndarray:
+        """Apply the optional left/right split and largest-component filter to (Q, I, J, K) masks."""
+        body = None
+        for q, query in enumerate(queries):
+            side = query.structure.laterality if query.structure is not None else None
+            if self.split_laterality and side is not None:
+                if body is None:
+                    body = body_mask(volume)
+                masks[q] = split_by_laterality(masks[q], side, volume.affine, body)
+            if self.largest_component and masks[q].any():
+                masks[q] = keep_largest_component(masks[q])
+        return masks
+
+
+def _label_map(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
+    """Label map (I, J, K): for each voxel in any mask, 1 + the index of its most probable query."""
+    n_queries = masks.shape[0]
+    dtype = np.uint8 if n_queries < 256 else np.uint16
+    winner = np.where(masks, probabilities, -1.0).argmax(axis=0)
+    return np.where(masks.any(axis=0), winner + 1, 0).astype(dtype)
+
+
+def _segment_infos(labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> list[SegmentInfo]:
+    """Names, codes, colours and volumes of the segments in ``labels``."""
+    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)
+    infos = []
+    for q, query in enumerate(queries):
+        structure = query.structure
+        if structure is not None:
+            color = tuple(structure.terminology.color)
+            terminology = structure.terminology.slicer_entry()
+        else:
+            color = _FREE_TEXT_COLORS[q % len(_FREE_TEXT_COLORS)]
+            terminology = None
+        voxels = int(counts[q + 1])
+        infos.append(
+            SegmentInfo(
+                label_id=q + 1,
+                name=query.name,
+                class_name=query.class_name,
+                prompt=query.prompt,
+                text=query.text,
+                color=color,
+                terminology=terminology,
+                voxels=voxels,
+                volume_ml=voxels * voxel_ml,
+            )
+        )
+    return infos

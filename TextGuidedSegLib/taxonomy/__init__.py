@@ -1,0 +1,57 @@
+"""Structure taxonomy and prompt parser.
+
+- :class:`Taxonomy` / :class:`Structure`: the ordered structures a model knows (channel ``i`` has
+  ``label_id = i + 1``), with display names, synonyms, laterality, canonical prompts and Slicer terminology
+  (:class:`Terminology`, :class:`Code`). :func:`get_taxonomy` loads a shipped one; the default ``universal32``
+  holds the 32 classes of the CLIP-Driven Universal Model (``TextGuidedSegLib/resources/universal32.json``).
+- :func:`parse_prompt`: free text -> :class:`StructureQuery` list ("liver and both kidneys" -> liver, right
+  kidney, left kidney); :class:`PromptError` when a prompt cannot be used.
+- :func:`structure_vocabulary`: every name a user can type, for UI completion.
+
+Nothing here imports torch.
+
+Example::
+
+    from TextGuidedSegLib.taxonomy import get_taxonomy, parse_prompt
+
+    taxonomy = get_taxonomy()
+    for query in parse_prompt("Segment the liver and kidneys", taxonomy):
+        print(query.class_name, query.prompt, query.structure.terminology.slicer_entry())
+"""
+
+from .prompt import PromptError, StructureQuery, parse_prompt, structure_vocabulary
+from .structures import (
+    DEFAULT_TAXONOMY,
+    PROMPT_TEMPLATE,
+    Structure,
+    Taxonomy,
+    available_taxonomies,
+    canonical_prompt,
+    get_taxonomy,
+)
+from .terminology import (
+    ANATOMIC_REGION_CONTEXT,
+    SLICER_GENERAL_ANATOMY_CONTEXT,
+    TEXTGUIDEDSEG_CONTEXT,
+    Code,
+    Terminology,
+)
+
+__all__ = [
+    "ANATOMIC_REGION_CONTEXT",
+    "DEFAULT_TAXONOMY",
+    "PROMPT_TEMPLATE",
+    "SLICER_GENERAL_ANATOMY_CONTEXT",
+    "TEXTGUIDEDSEG_CONTEXT",
+    "Code",
+    "PromptError",
+    "Structure",
+    "StructureQuery",
+    "Taxonomy",
+    "Terminology",
+    "available_taxonomies",
+    "canonical_prompt",
+    "get_taxonomy",
+    "parse_prompt",
+    "structure_vocabulary",
+]
