@@ -6,6 +6,10 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: setup test test-fast lint bench demo clean
 
+# make demo INPUT=ct.nii.gz segments your own CT instead of the built-in phantom.
+INPUT  ?=
+DEMO_OUT ?= demo_out
+
 $(STAMP): pyproject.toml constraints-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -28,6 +32,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) Testing/bench/bench_forward.py
+
+demo: $(STAMP)
+	$(VENV)/bin/textguidedseg demo -o $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

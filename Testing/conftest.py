@@ -38,7 +38,13 @@ def make_bundle(tmp_path_factory: pytest.TempPathFactory):
     """
     import torch
 
-    from TextGuidedSegLib.bundle import BundleConfig, InferenceConfig, PreprocessConfig, channel_output, save_bundle
+    from TextGuidedSegLib.bundle import (
+        BundleConfig,
+        InferenceConfig,
+        PreprocessConfig,
+        channel_output,
+        save_bundle,
+    )
     from TextGuidedSegLib.models import ModelConfig, build_model
     from TextGuidedSegLib.taxonomy import get_taxonomy
     from TextGuidedSegLib.text import EmbeddingCache

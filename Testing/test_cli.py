@@ -1,4 +1,4 @@
-"""The ``textguidedseg`` command on real CT: outputs on the input grid, sidecars, and errors that name the culprit."""
+"""The ``textguidedseg`` command on real CT: outputs on the input grid, sidecars, clear errors."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-
 from conftest import shared_path
+
 from TextGuidedSegLib.cli import main
 from TextGuidedSegLib.io import load_volume
 
@@ -18,8 +18,22 @@ def test_segment_writes_label_map_on_the_input_grid(tmp_path: Path, make_bundle,
     ct = shared_path("totalseg", "example_ct_sm.nii.gz")
     bundle = make_bundle()
     out = tmp_path / "out" / "seg.nii.gz"
-    code = main(["segment", str(ct), "--prompt", "liver, spleen and both kidneys", "--bundle", str(bundle),
-                 "-o", str(out), "--device", "cpu", "--no-progress", "--probabilities"])
+    code = main(
+        [
+            "segment",
+            str(ct),
+            "--prompt",
+            "liver, spleen and both kidneys",
+            "--bundle",
+            str(bundle),
+            "-o",
+            str(out),
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--probabilities",
+        ]
+    )
     assert code == 0
     reference, written = nib.load(ct), nib.load(out)
     assert written.shape == reference.shape
@@ -47,8 +61,10 @@ def test_segment_lps_three_slice_ct_comes_back_in_its_own_orientation(tmp_path: 
     ct = shared_path("dcmqi_ct3slice", "ct.nii.gz")
     reference = load_volume(ct)
     out = tmp_path / "seg.nii.gz"
-    assert main(["segment", str(ct), "-p", "liver", "-b", str(make_bundle()), "-o", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(["segment", str(ct), "-p", "liver", "-b", str(make_bundle()), "-o", str(out), "--no-progress"])
+        == 0
+    )
     written = load_volume(out)
     assert min(reference.shape) == 3  # thinner than one ROI: padded for the window, cropped back
     assert written.shape == reference.shape
@@ -60,8 +76,12 @@ def test_segment_dicom_series_to_nrrd(tmp_path: Path, make_bundle) -> None:
     series = shared_path("dcmqi_ct3slice", "ct_dicom")
     reference = load_volume(series)
     out = tmp_path / "seg.nrrd"
-    assert main(["segment", str(series), "-p", "liver", "-b", str(make_bundle()), "-o", str(out),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            ["segment", str(series), "-p", "liver", "-b", str(make_bundle()), "-o", str(out), "--no-progress"]
+        )
+        == 0
+    )
     written = load_volume(out)
     assert written.shape == reference.shape
     np.testing.assert_allclose(written.affine, reference.affine, atol=1e-4)
@@ -106,8 +126,15 @@ def test_encode_prompts_builds_and_extends_a_cache(tmp_path: Path) -> None:
         (["segment", "{ct}", "-p", "liver", "-b", "{bundle}", "-o", "{out}", "--overlap", "1.5"], "overlap"),
         (["encode-prompts", "--encoder", "{tmp}/no_clip", "-o", "{tmp}/cache"], "no_clip"),
     ],
-    ids=["missing-input", "missing-bundle", "bad-output", "empty-prompt", "unknown-words", "bad-overlap",
-         "missing-encoder"],
+    ids=[
+        "missing-input",
+        "missing-bundle",
+        "bad-output",
+        "empty-prompt",
+        "unknown-words",
+        "bad-overlap",
+        "missing-encoder",
+    ],
 )
 def test_errors_name_the_file_or_argument(tmp_path, make_bundle, capsys, monkeypatch, args, message) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

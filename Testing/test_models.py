@@ -476,6 +476,18 @@ def test_load_full_checkpoint_into_matching_head_strict(tmp_path):
     torch.testing.assert_close(model.backbone.out.conv.conv.weight, source["out.conv.conv.weight"])
 
 
+def test_load_full_checkpoint_into_universal_skips_the_absent_head():
+    torch.manual_seed(0)
+    source = _perturbed(SwinUNETR(in_channels=1, out_channels=14, feature_size=FS).state_dict())
+    model = _build("universal")
+    report = load_pretrained_swinunetr(model, {"state_dict": source}, strict=True)
+    assert report.complete and sorted(report.skipped_head) == ["out.conv.conv.bias", "out.conv.conv.weight"]
+    assert len(report.loaded) == len(source) - 2
+    torch.testing.assert_close(
+        model.backbone.encoder10.layer.conv1.conv.weight, source["encoder10.layer.conv1.conv.weight"]
+    )
+
+
 def test_load_self_supervised_swinvit_checkpoint(tmp_path, caplog):
     torch.manual_seed(0)
     vit = _perturbed(SwinUNETR(in_channels=1, out_channels=1, feature_size=FS).swinViT.state_dict(), seed=4)

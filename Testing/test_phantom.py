@@ -159,6 +159,9 @@ def test_background_is_air_with_the_requested_noise(phantoms):
     quiet = make_phantom(PhantomConfig(seed=0, noise_hu=0))
     assert (quiet.image[:12, :12, :] == -1000).all()
     np.testing.assert_array_equal(quiet.labels, phantoms[0].labels)  # the noise does not move the anatomy
+    no_bowel = make_phantom(PhantomConfig(seed=0, bowel=False))  # same patient, without the distractors
+    np.testing.assert_array_equal(no_bowel.labels, phantoms[0].labels)
+    assert (no_bowel.image < -900).sum() < (image < -900).sum()  # less bowel gas
     # fat inside the body is darker than soft tissue, brighter than air
     inside = phantoms[0].labels > 0
     assert -1000 < np.median(image[~inside & (image > -500)]) < 0 < np.median(image[inside])

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import shared_path
+
 from TextGuidedSegLib.bundle import load_bundle
 from TextGuidedSegLib.inference import Segmenter
 from TextGuidedSegLib.inference.segmenter import _label_map
@@ -40,7 +40,7 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_segmenter_output_lies_on_the_input_grid(make_bundle) -> None:
-    """End to end with a model whose answer is known: the label map agrees with HU > 37.5 on the input grid."""
+    """End to end with a known model: the label map agrees with HU > 37.5 on the input grid."""
     volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
     bundle = load_bundle(make_bundle(spacing=1.5))
     bundle.model = IntensityOracle(bundle.model.config)
@@ -81,7 +81,9 @@ def test_missing_embedding_without_encoder_lists_the_vocabulary(make_bundle) -> 
     bundle = load_bundle(make_bundle())
     segmenter = Segmenter(bundle, device="cpu", progress=False)
     query = StructureQuery(text="hepatic cyst", prompt="hepatic cyst", structure=None)
-    with pytest.raises(EmbeddingCacheError, match="no text encoder.*Liver, Spleen, Right Kidney, Left Kidney"):
+    with pytest.raises(
+        EmbeddingCacheError, match="no text encoder.*Liver, Spleen, Right Kidney, Left Kidney"
+    ):
         segmenter.conditioning([query])
 
 
@@ -93,7 +95,12 @@ def test_channel_models_select_their_channels(make_bundle) -> None:
     assert indices.tolist() == [[3, 0]]
     assert torch.equal(text[0], bundle.cache.get([bundle.config.global_prompt]))
     # Global mode answers an empty prompt with every structure it knows.
-    assert [q.class_name for q in segmenter.queries("  ")] == ["liver", "spleen", "right_kidney", "left_kidney"]
+    assert [q.class_name for q in segmenter.queries("  ")] == [
+        "liver",
+        "spleen",
+        "right_kidney",
+        "left_kidney",
+    ]
 
     baseline = Segmenter(load_bundle(make_bundle(architecture="swinunetr")), device="cpu", progress=False)
     text, indices = baseline.conditioning(baseline.queries("spleen"))

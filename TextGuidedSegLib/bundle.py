@@ -78,7 +78,9 @@ class PreprocessConfig:
             raise ValueError(f"preprocessing.spacing must be positive, got {self.spacing}")
         low, high = (float(v) for v in self.hu_window)
         if not low < high:
-            raise ValueError(f"preprocessing.hu_window must be (low, high) with low < high, got {self.hu_window}")
+            raise ValueError(
+                f"preprocessing.hu_window must be (low, high) with low < high, got {self.hu_window}"
+            )
         self.hu_window = (low, high)
 
 
@@ -109,7 +111,9 @@ class InferenceConfig:
         if self.sw_batch_size < 1:
             raise ValueError(f"inference.sw_batch_size must be >= 1, got {self.sw_batch_size}")
         if self.blend_mode not in ("gaussian", "constant"):
-            raise ValueError(f"inference.blend_mode must be 'gaussian' or 'constant', got {self.blend_mode!r}")
+            raise ValueError(
+                f"inference.blend_mode must be 'gaussian' or 'constant', got {self.blend_mode!r}"
+            )
 
 
 @dataclass
@@ -188,7 +192,9 @@ class BundleConfig:
                 raise BundleError(f"{CONFIG_FILE}: missing required key {required!r}")
         try:
             taxonomy = data["taxonomy"]
-            data["taxonomy"] = get_taxonomy(taxonomy) if isinstance(taxonomy, str) else Taxonomy.from_dict(taxonomy)
+            data["taxonomy"] = (
+                get_taxonomy(taxonomy) if isinstance(taxonomy, str) else Taxonomy.from_dict(taxonomy)
+            )
             data["model"] = ModelConfig.from_dict(data["model"])
             if data.get("text_encoder") is not None:
                 data["text_encoder"] = TextEncoderSpec.from_dict(data["text_encoder"])
@@ -206,7 +212,9 @@ def _section(cls: type, values: dict[str, Any], name: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise BundleError(f"{CONFIG_FILE}: unknown key(s) {unknown} in {name!r}; valid keys are {sorted(known)}")
+        raise BundleError(
+            f"{CONFIG_FILE}: unknown key(s) {unknown} in {name!r}; valid keys are {sorted(known)}"
+        )
     return cls(**values)
 
 
@@ -250,7 +258,9 @@ class Bundle:
         return [s.name for s in self.config.taxonomy]
 
 
-def _write_bundle_folder(folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache) -> None:
+def _write_bundle_folder(
+    folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache
+) -> None:
     """Write the bundle files into an existing empty ``folder`` (config last, with checksums)."""
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
@@ -269,7 +279,7 @@ def save_bundle(
     cache: EmbeddingCache,
     overwrite: bool = False,
 ) -> Path:
-    """Save ``model`` with its ``config`` and embedding ``cache`` as a bundle folder, or a .zip if ``path`` ends so.
+    """Save ``model``, its ``config`` and embedding ``cache`` as a bundle folder (or a .zip, by suffix).
 
     The bundle is written to a temporary sibling first and moved into place at the end, so an existing
     bundle at ``path`` is either replaced whole (``overwrite=True``) or left untouched.
@@ -288,7 +298,9 @@ def save_bundle(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if model.config.to_dict() != config.model.to_dict():
-        raise BundleError("the model's config differs from config.model: build the model from the bundle config")
+        raise BundleError(
+            "the model's config differs from config.model: build the model from the bundle config"
+        )
     if config.text_encoder is None and model.uses_text and len(cache) == 0:
         raise BundleError(
             "a bundle without a text encoder needs an embedding cache of its vocabulary: "
@@ -354,7 +366,9 @@ def _read_config(folder: Path, source: Path) -> tuple[BundleConfig, dict[str, st
 def _verify_checksums(folder: Path, checksums: dict[str, str], source: Path) -> None:
     """Raise a BundleError naming the first file whose sha256 differs from ``config.json``'s record."""
     if not checksums:
-        raise BundleError(f"{source}/{CONFIG_FILE}: no 'checksums' recorded; re-export the bundle with save_bundle")
+        raise BundleError(
+            f"{source}/{CONFIG_FILE}: no 'checksums' recorded; re-export the bundle with save_bundle"
+        )
     for relative, expected in checksums.items():
         file = folder / relative
         if not file.is_file():
@@ -388,8 +402,9 @@ def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None
     for key, tensor in state.items():
         if tuple(tensor.shape) != tuple(expected[key].shape):
             raise BundleError(
-                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in {WEIGHTS_FILE} but the model in "
-                f"{CONFIG_FILE} expects {tuple(expected[key].shape)}; the config does not match the weights"
+                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in {WEIGHTS_FILE} but the "
+                f"model in {CONFIG_FILE} expects {tuple(expected[key].shape)}; "
+                "the config does not match the weights"
             )
     model.load_state_dict(state, strict=True)
 
@@ -454,4 +469,3 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "inference": _jsonable(dataclasses.asdict(config.inference)),
         "source": str(bundle.source) if bundle.source else None,
     }
-

@@ -7,8 +7,8 @@ Usage::
 Each model runs in eval mode under ``torch.no_grad()`` on one random ``(1, 1, roi, roi, roi)`` image and
 one text embedding (query mode, one output mask); MONAI's ``SwinUNETR(out_channels=1)`` is the reference.
 Models are timed round-robin (one call of each per round), ``--warmup`` untimed rounds first. The table
-gives the best and median seconds over ``--repeats`` timed rounds, the ratio of the median to the
-reference's, and parameter counts.
+gives the best and median wall-clock seconds over ``--repeats`` timed rounds, the median process CPU
+seconds, each median's ratio to the reference's, and parameter counts.
 """
 
 from __future__ import annotations
@@ -33,12 +33,13 @@ logger = logging.getLogger("bench_forward")
 
 def time_round_robin(
     calls: list[Callable[[], torch.Tensor]], repeats: int, warmup: int, device: torch.device
-) -> list[list[float]]:
+) -> tuple[list[list[float]], list[list[float]]]:
     """Time each call ``repeats`` times, interleaved (call 1, call 2, ..., call 1, ...) so that a change in
     machine load during the run affects every model alike; ``warmup`` untimed rounds come first.
 
     Returns:
-        seconds per call, ``[call][repeat]``.
+        wall-clock seconds and process CPU seconds per call, each ``[call][repeat]``. On a shared machine the
+        CPU time (all threads of this process) is the steadier measure; wall time is what a user waits.
     """
 
     def run(call: Callable[[], torch.Tensor]) -> None:
@@ -46,15 +47,17 @@ def time_round_robin(
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    seconds: list[list[float]] = [[] for _ in calls]
+    wall: list[list[float]] = [[] for _ in calls]
+    cpu: list[list[float]] = [[] for _ in calls]
     with torch.no_grad():
         for round_index in range(warmup + repeats):
             for i, call in enumerate(calls):
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 run(call)
                 if round_index >= warmup:
-                    seconds[i].append(time.perf_counter() - start)
-    return seconds
+                    wall[i].append(time.perf_counter() - start)
+                    cpu[i].append(time.process_time() - start_cpu)
+    return wall, cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,17 +99,29 @@ def main(argv: list[str] | None = None) -> int:
         model = model.to(device).eval()
         models.append((architecture, model, lambda m=model: m(image, text)))
 
-    timings = time_round_robin([call for _, _, call in models], args.repeats, args.warmup, device)
+    wall, cpu = time_round_robin([call for _, _, call in models], args.repeats, args.warmup, device)
     rows = []
-    for (name, model, _), seconds in zip(models, timings, strict=True):
+    for (name, model, _), seconds, cpu_seconds in zip(models, wall, cpu, strict=True):
         n_params = sum(p.numel() for p in model.parameters())
-        rows.append((name, min(seconds), statistics.median(seconds), n_params))
-        logger.info("%s: %s s", name, ", ".join(f"{s:.2f}" for s in seconds))
+        rows.append(
+            (name, min(seconds), statistics.median(seconds), statistics.median(cpu_seconds), n_params)
+        )
+        logger.info(
+            "%s: wall %s s, cpu %s s",
+            name,
+            ", ".join(f"{s:.2f}" for s in seconds),
+            ", ".join(f"{s:.2f}" for s in cpu_seconds),
+        )
 
-    ref_median = rows[0][2]
-    print(f"\n{'model':<16} {'best s':>8} {'median s':>9} {'x MONAI':>8} {'parameters':>12}")
-    for name, best, median, n_params in rows:
-        print(f"{name:<16} {best:>8.2f} {median:>9.2f} {median / ref_median:>8.2f} {n_params:>12,}")
+    ref_wall, ref_cpu = rows[0][2], rows[0][3]
+    columns = ("best s", "median s", "x MONAI", "cpu s", "x MONAI", "parameters")
+    widths = (8, 9, 8, 8, 8, 12)
+    print("\n" + f"{'model':<16} " + " ".join(f"{c:>{w}}" for c, w in zip(columns, widths, strict=True)))
+    for name, best, median, median_cpu, n_params in rows:
+        print(
+            f"{name:<16} {best:>8.2f} {median:>9.2f} {median / ref_wall:>8.2f} "
+            f"{median_cpu:>8.2f} {median_cpu / ref_cpu:>8.2f} {n_params:>12,}"
+        )
     return 0
 
 

@@ -18,10 +18,14 @@ default grid (128 x 128 x 64 voxels of 2.5 mm = 32 x 32 x 16 cm) holds the upper
 to the lower poles of the kidneys. Any grid samples the same anatomy: a finer or anisotropic spacing over
 the same field of view gives the same patient, a smaller field of view crops it.
 
-Variation per seed: body size and fat thickness; size (+-15 %), position (global shift of about 1.5 cm and
-about 1 cm per structure), orientation (up to about 10 degrees) and shape (low-frequency surface bumps) of
-each structure; a smooth random deformation of the whole body; contrast enhancement, tissue HU offsets,
-stomach filling, bowel loops and texture.
+Variation per seed: size of the abdominal cavity (+-6 %) and fat thickness (body 24-31 cm wide); the size
+(+-15 %, liver and kidneys +-12 %, and +-5 % per axis), position (the whole abdomen up to 1.5 cm
+cranio-caudally, each structure up to 1 cm per axis: centroids range over 2-3 cm), orientation (up to 10
+degrees) and shape (low-frequency surface bumps) of each structure; a smooth deformation of the whole body
+(a few mm); contrast enhancement, tissue HU offsets, stomach filling and gas, bowel loops and texture.
+Structures are painted in a fixed order (a later one replaces an earlier one where they meet), so the
+label map is exclusive: bowel, liver, stomach, spleen, pancreas, gallbladder, kidneys, IVC, aorta, muscles,
+vertebrae.
 
 Example::
 
@@ -214,7 +218,8 @@ def make_phantom(config: PhantomConfig | None = None) -> Phantom:
         A :class:`Phantom` with ``image`` ``(I, J, K)`` int16 HU, ``labels`` ``(I, J, K)`` uint8 and the
         voxel -> RAS affine. The same config gives identical arrays.
     """
-    config = config or PhantomConfig()
+    if config is None:
+        config = PhantomConfig()
     # two streams: the patient (grid-independent draws only) and the image (texture, noise)
     patient_rng, image_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2))
     canvas = _Canvas(config.shape, config.spacing, _warp_modes(patient_rng))
@@ -274,7 +279,8 @@ def write_phantoms(
     folder = Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
     (folder / "labels").mkdir(parents=True, exist_ok=True)
-    config = config or PhantomConfig()
+    if config is None:
+        config = PhantomConfig()
     width = max(3, len(str(n - 1)))
     lines, seeds = [], []
     for index in tqdm(range(int(n)), desc="phantoms", unit="case", disable=not progress):
@@ -387,9 +393,8 @@ class _Tube:
         return best
 
     def box(self) -> tuple[np.ndarray, np.ndarray]:
-        return (self.points - self.radii[:, None]).min(axis=0), (self.points + self.radii[:, None]).max(
-            axis=0
-        )
+        radii = self.radii[:, None]
+        return (self.points - radii).min(axis=0), (self.points + radii).max(axis=0)
 
 
 @dataclass(frozen=True)
@@ -554,9 +559,8 @@ def _paint_anatomy(canvas: _Canvas, rng: np.random.Generator, bowel: bool = True
     scale = rng.uniform(0.94, 1.06)  # size of the abdominal cavity, and in-plane of everything in it
 
     # ---- body wall: the cavity, then muscle and subcutaneous fat (habitus: fat thickness) outside it -------
-    cavity_axes = (
-        np.array([110.0, 76.0, 95.0]) * scale * rng.uniform(0.97, 1.03, 3)
-    )  # lateral, anterior, posterior
+    # semi-axes (mm) of the cavity: lateral, anterior, posterior
+    cavity_axes = np.array([110.0, 76.0, 95.0]) * scale * rng.uniform(0.97, 1.03, 3)
     n = rng.uniform(2.1, 2.6)
     wall = rng.uniform(8.0, 13.0)
     fat = rng.uniform(6.0, 22.0) * np.array([1.0, rng.uniform(0.9, 1.3), rng.uniform(0.5, 0.8)])
@@ -597,38 +601,22 @@ def _paint_anatomy(canvas: _Canvas, rng: np.random.Generator, bowel: bool = True
         canvas.paint_shape(lung, "lung")
 
     # ---- bowel: small-bowel loops and the transverse colon, unlabelled distractors -------------------------
+    bowel_rng = np.random.default_rng(rng.integers(2**63))  # own stream: bowel=False keeps the same patient
     if bowel:
-        for _ in range(int(rng.integers(8, 16))):
-            center = (rng.uniform(-90, 90) * scale, rng.uniform(-20, 70) * scale, rng.uniform(-95, 0) + dz)
-            loop = _organ(rng, center, rng.uniform(9, 17, 3), rng.uniform(-90, 90, 3), shift=0, turn=0)
-            content = "bowel_gas" if rng.random() < 0.3 else "bowel_fluid"
-            hit = canvas.paint_shape(loop, "bowel_wall")
-            if hit is not None:
-                window, mask = hit
-                lumen = (
-                    mask
-                    & (loop.level(canvas.at(window)) < 1 - 2.5 / loop.radii.mean())
-                    & canvas.cavity[window]
-                )
-                canvas.paint(window, lumen, content)
-        colon_points = np.array(
-            [[90, 10, -30], [55, 55, -25], [0, 65, -15], [-55, 55, -5], [-90, 15, 10]], float
-        )
-        colon_points[:, :2] *= scale
-        colon_points += rng.uniform(-10, 10, colon_points.shape) + [0, 0, dz]
-        colon = _Tube(colon_points, rng.uniform(16, 24, len(colon_points)))
-        hit = canvas.paint_shape(colon, "bowel_wall")
-        if hit is not None:  # stool, mottled with gas bubbles when rendered
-            window, mask = hit
-            canvas.paint(window, mask & (colon.level(canvas.at(window)) < 0.85), "stool", cavity=True)
+        _paint_bowel(canvas, bowel_rng, scale, dz)
 
     # ---- liver: right lobe and left lobe, with portal and hepatic vein branches ----------------------------
     right_lobe = _organ(
-        rng, (68 * scale, 16 * scale, 12 + dz), (74, 80, 80), (0, -10, 0), bumps=0.05, size=0.12
+        rng, (68 * scale, 16 * scale, 12 + dz), (78, 84, 82), (0, -10, 0), bumps=0.05, size=0.12
     )
-    left_lobe = _organ(rng, (-12 * scale, 42 * scale, 36 + dz), (56, 32, 34), (0, 15, -15), bumps=0.08)
+    left_lobe = _organ(rng, (-12 * scale, 42 * scale, 36 + dz), (60, 34, 36), (0, 15, -15), bumps=0.08)
     liver = LABEL_IDS["liver"]
-    canvas.paint_shape(right_lobe, "liver", liver)
+    window = canvas.window(*right_lobe.box())
+    if window is not None:  # the inferior (visceral) surface rises medially, above the pancreatic head
+        p = canvas.at(window)
+        cx, cy, cz = right_lobe.center
+        above = p[2] > cz - 64 + (cx - p[0]) - 0.5 * (p[1] - cy) + 0.005 * (p[1] - cy) ** 2
+        canvas.paint(window, (right_lobe.level(p) < 1) & above, "liver", liver, cavity=True)
     canvas.paint_shape(left_lobe, "liver", liver)
     hilum = np.array([32 * scale, 12 * scale, 5 + dz]) + rng.uniform(-6, 6, 3)
     ivc_top = np.array([22 * scale, 2 * scale, 62 + dz])
@@ -659,7 +647,7 @@ def _paint_anatomy(canvas: _Canvas, rng: np.random.Generator, bowel: bool = True
 
     # ---- pancreas: head right of the midline, body anterior to the aorta, tail to the splenic hilum --------
     pancreas_points = np.array(
-        [[36, 12, -20], [14, 24, -6], [-12, 20, 0], [-42, 2, 8], [-68, -20, 16]], float
+        [[34, 10, -28], [14, 24, -14], [-12, 20, -6], [-42, 2, 6], [-68, -20, 14]], float
     )
     pancreas_points[:, :2] *= scale
     pancreas_points += rng.uniform(-5, 5, pancreas_points.shape) + [0, 0, dz + rng.uniform(-8, 8)]
@@ -757,6 +745,29 @@ def _paint_anatomy(canvas: _Canvas, rng: np.random.Generator, bowel: bool = True
         transverse &= (segment > disc_height + 6 * scale) & (segment < disc_height + 14 * scale)
         canvas.paint(window, ((ring < 1) & in_bone) | spinous | transverse, "vertebra_cortical", vertebra)
         canvas.paint(window, canal, "spinal_canal")
+
+
+def _paint_bowel(canvas: _Canvas, rng: np.random.Generator, scale: float, dz: float) -> None:
+    """Paint small-bowel loops (fluid or gas) and a transverse colon (stool) into the visceral fat."""
+    for _ in range(int(rng.integers(8, 16))):
+        center = (rng.uniform(-90, 90) * scale, rng.uniform(-20, 70) * scale, rng.uniform(-95, 0) + dz)
+        loop = _organ(rng, center, rng.uniform(9, 17, 3), rng.uniform(-90, 90, 3), shift=0, turn=0)
+        content = "bowel_gas" if rng.random() < 0.3 else "bowel_fluid"
+        hit = canvas.paint_shape(loop, "bowel_wall")
+        if hit is not None:
+            window, mask = hit
+            lumen = (
+                mask & (loop.level(canvas.at(window)) < 1 - 2.5 / loop.radii.mean()) & canvas.cavity[window]
+            )
+            canvas.paint(window, lumen, content)
+    colon_points = np.array([[90, 10, -30], [55, 55, -25], [0, 65, -15], [-55, 55, -5], [-90, 15, 10]], float)
+    colon_points[:, :2] *= scale
+    colon_points += rng.uniform(-10, 10, colon_points.shape) + [0, 0, dz]
+    colon = _Tube(colon_points, rng.uniform(16, 24, len(colon_points)))
+    hit = canvas.paint_shape(colon, "bowel_wall")
+    if hit is not None:  # stool, mottled with gas bubbles when rendered
+        window, mask = hit
+        canvas.paint(window, mask & (colon.level(canvas.at(window)) < 0.85), "stool", cavity=True)
 
 
 # ------------------------------------------------------------------------------------------------------------

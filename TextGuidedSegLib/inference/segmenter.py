@@ -43,7 +43,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+        raise ValueError(
+            f"--device {device}: CUDA is not available on this machine; use --device cpu or auto"
+        )
     try:
         return torch.device(device)
     except RuntimeError as err:
@@ -117,7 +119,14 @@ class SegmentationResult:
 
 
 # Colours for free-text segments, which have no terminology entry.
-_FREE_TEXT_COLORS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180)]
+_FREE_TEXT_COLORS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+]
 
 
 class Segmenter:
@@ -178,8 +187,10 @@ class Segmenter:
     def understands_free_text(self) -> bool:
         """True when free text can be encoded: a query-mode model with a text encoder."""
         model = self.bundle.model
-        return model.uses_text and model.output == "query" and (
-            self._encoder is not None or self.bundle.config.text_encoder is not None
+        return (
+            model.uses_text
+            and model.output == "query"
+            and (self._encoder is not None or self.bundle.config.text_encoder is not None)
         )
 
     def queries(self, prompt: str) -> list[StructureQuery]:
@@ -207,7 +218,9 @@ class Segmenter:
             cache.build(missing, self._encoder, progress=False)
         return cache.get(prompts)
 
-    def conditioning(self, queries: Sequence[StructureQuery]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def conditioning(
+        self, queries: Sequence[StructureQuery]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The model inputs for ``queries``: text (1, Q, E) or (1, 1, E), and class indices (1, Q) or None.
 
         Query-mode models get one embedding per query. Channel-output models get class indices (plus, in
@@ -220,11 +233,15 @@ class Segmenter:
         free = [q.text for q in queries if q.structure is None]
         if free:
             raise PromptError(
-                f"{model.config.architecture} ({model.config.mode} mode) predicts a fixed set of structures and "
-                f"cannot segment free text {free}; it understands: {', '.join(self.bundle.vocabulary)}"
+                f"{model.config.architecture} ({model.config.mode} mode) predicts a fixed set of structures "
+                f"and cannot segment free text {free}; it understands: {', '.join(self.bundle.vocabulary)}"
             )
-        indices = torch.tensor([[taxonomy.index(q.structure.class_name) for q in queries]], device=self.device)
-        text = self._embed([self.bundle.config.global_prompt])[None].to(self.device) if model.uses_text else None
+        indices = torch.tensor(
+            [[taxonomy.index(q.structure.class_name) for q in queries]], device=self.device
+        )
+        text = (
+            self._embed([self.bundle.config.global_prompt])[None].to(self.device) if model.uses_text else None
+        )
         return text, indices
 
     # -- the volume -------------------------------------------------------------------------------------
@@ -274,7 +291,10 @@ class Segmenter:
         preprocessing = self.bundle.config.preprocessing
         logger.info(
             "segmenting %s (%s, spacing %s mm) for %s",
-            volume.source, "x".join(map(str, volume.shape)), volume.spacing, [q.name for q in queries],
+            volume.source,
+            "x".join(map(str, volume.shape)),
+            volume.spacing,
+            [q.name for q in queries],
         )
         image = to_model_space(volume, preprocessing.spacing)
         windowed = window_intensity(image, preprocessing.hu_window).as_tensor()[None]
@@ -292,7 +312,9 @@ class Segmenter:
             probabilities=probabilities if return_probabilities else None,
         )
 
-    def _postprocess(self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> np.ndarray:
+    def _postprocess(
+        self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
+    ) -> np.ndarray:
         """Apply the optional left/right split and largest-component filter to (Q, I, J, K) masks."""
         body = None
         for q, query in enumerate(queries):
@@ -314,7 +336,9 @@ def _label_map(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
     return np.where(masks.any(axis=0), winner + 1, 0).astype(dtype)
 
 
-def _segment_infos(labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> list[SegmentInfo]:
+def _segment_infos(
+    labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
+) -> list[SegmentInfo]:
     """Names, codes, colours and volumes of the segments in ``labels``."""
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
     counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)

@@ -182,7 +182,12 @@ def load_pretrained_swinunetr(
         value = state[src_key]
         is_head = dst_key.startswith(_HEAD_PREFIX)
         if dst_key not in target:
-            (report.skipped_head if is_head and not _has_head(target) else report.unexpected).append(src_key)
+            if is_head and not _has_head(
+                target
+            ):  # e.g. the Universal Model, whose dynamic head replaces `out`
+                report.skipped_head.append(dst_key)
+            else:
+                report.unexpected.append(src_key)
         elif target[dst_key].shape != value.shape:
             (report.skipped_head if is_head else report.shape_mismatch).append(dst_key)
             logger.log(

@@ -1,0 +1,103 @@
+"""Writing a segmentation result: the label map, its JSON sidecar and optional probability maps.
+
+Shared by ``textguidedseg segment``, ``textguidedseg demo`` and ``textguidedseg evaluate --save-predictions``,
+so every command writes the same files:
+
+- the label map (``.nii.gz``, ``.nii`` or ``.nrrd``) on exactly the input's grid;
+- ``<stem>.json``: :meth:`SegmentationResult.sidecar` plus the input, the label map's file name, the prompt,
+  the bundle's name and version and the threshold;
+- with probabilities in the result, ``<stem>_probability_<label_id>_<class_name><suffix>`` per query.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from TextGuidedSegLib.bundle import Bundle
+from TextGuidedSegLib.inference.segmenter import SegmentationResult
+from TextGuidedSegLib.io import Volume, save_label_map, save_volume
+
+logger = logging.getLogger(__name__)
+
+#: File endings a label map may have (the first one is the default).
+LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+
+
+@dataclass
+class SegmentationFiles:
+    """The files :func:`write_segmentation` wrote.
+
+    Attributes:
+        label_map: the label map.
+        sidecar: its JSON sidecar.
+        probability_maps: one float map per query, in label order (empty unless the result holds them).
+    """
+
+    label_map: Path
+    sidecar: Path
+    probability_maps: list[Path] = field(default_factory=list)
+
+
+def label_map_stem(path: str | Path) -> tuple[Path, str]:
+    """Split a label map path into (path without suffix, suffix).
+
+    Raises:
+        ValueError: the path does not end in one of :data:`LABEL_MAP_SUFFIXES` (the message names it).
+    """
+    path = Path(path)
+    name = path.name
+    for suffix in LABEL_MAP_SUFFIXES:
+        if name.endswith(suffix) and len(name) > len(suffix):
+            return path.with_name(name[: -len(suffix)]), suffix
+    raise ValueError(f"{path}: the label map must end in one of {', '.join(LABEL_MAP_SUFFIXES)}")
+
+
+def write_segmentation(
+    path: str | Path,
+    result: SegmentationResult,
+    volume: Volume,
+    bundle: Bundle,
+    prompt: str,
+    threshold: float,
+    input: str | Path | None = None,
+) -> SegmentationFiles:
+    """Write ``result``'s label map on ``volume``'s grid, its JSON sidecar and any probability maps.
+
+    Args:
+        path: the label map to write (``.nii.gz``, ``.nii`` or ``.nrrd``); the sidecar is ``<stem>.json``
+            beside it. Existing files are replaced (the label map atomically).
+        result: the output of ``Segmenter.segment`` for ``volume``.
+        volume: the CT the result was computed on.
+        bundle: the bundle that segmented it (its name and version go into the sidecar).
+        prompt: the prompt as the user typed it.
+        threshold: the probability threshold used.
+        input: what to record as the input (default ``volume.source``).
+
+    Returns:
+        The paths written.
+    """
+    output = Path(path)
+    stem, suffix = label_map_stem(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    save_label_map(output, result.labels, reference=volume)
+    sidecar = result.sidecar(
+        input=str(input if input is not None else volume.source),
+        label_map=output.name,
+        prompt=prompt,
+        bundle={"name": bundle.config.name, "version": bundle.config.version},
+        threshold=threshold,
+    )
+    probability_maps = []
+    if result.probabilities is not None:
+        for segment, probability in zip(result.segments, result.probabilities, strict=True):
+            key = segment.class_name or f"query{segment.label_id}"
+            name = f"{stem}_probability_{segment.label_id:02d}_{key}{suffix}"
+            probability_maps.append(save_volume(Path(name), probability, volume))
+            sidecar["segments"][segment.label_id - 1]["probability_map"] = probability_maps[-1].name
+    sidecar_path = Path(f"{stem}.json")
+    sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
+    logger.debug("wrote %s and %s", output, sidecar_path)
+    return SegmentationFiles(label_map=output, sidecar=sidecar_path, probability_maps=probability_maps)
