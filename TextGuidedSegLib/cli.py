@@ -1,8 +1,10 @@
-"""The ``textguidedseg`` command: segment a CT from a text prompt, build embedding caches, describe bundles.
+"""The ``textguidedseg`` command: segment CTs from text prompts, evaluate bundles, run the demo, and more.
 
 Examples::
 
     textguidedseg segment ct.nii.gz --prompt "liver and both kidneys" --bundle demo_bundle -o ct_seg.nii.gz
+    textguidedseg evaluate --bundle demo_bundle --list phantoms/phantom.txt -o eval_report
+    textguidedseg demo -o demo_out
     textguidedseg encode-prompts --encoder openai/clip-vit-base-patch32 -o text_cache
     textguidedseg info demo_bundle
 
@@ -22,26 +24,26 @@ from TextGuidedSegLib import __version__
 
 logger = logging.getLogger("textguidedseg")
 
-LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
-
 
 def _label_map_stem(path: Path) -> tuple[Path, str]:
-    """Split an output path into (path without suffix, suffix); raise for an unsupported suffix."""
-    name = path.name
-    for suffix in LABEL_MAP_SUFFIXES:
-        if name.endswith(suffix) and len(name) > len(suffix):
-            return path.with_name(name[: -len(suffix)]), suffix
-    raise ValueError(f"-o/--output {path}: the label map must end in one of {', '.join(LABEL_MAP_SUFFIXES)}")
+    """Split an output path into (path without suffix, suffix); raise naming -o/--output when unsupported."""
+    from TextGuidedSegLib.inference.outputs import label_map_stem
+
+    try:
+        return label_map_stem(path)
+    except ValueError as err:
+        raise ValueError(f"-o/--output {err}") from None
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
     """Segment one CT and write the label map, its JSON sidecar and optional probability maps."""
     from TextGuidedSegLib.bundle import load_bundle
     from TextGuidedSegLib.inference import Segmenter
-    from TextGuidedSegLib.io import load_volume, save_label_map, save_volume
+    from TextGuidedSegLib.inference.outputs import write_segmentation
+    from TextGuidedSegLib.io import load_volume
 
     output = Path(args.output)
-    stem, suffix = _label_map_stem(output)
+    _label_map_stem(output)  # fail on a bad suffix before any work
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"-o/--output {output} already exists; pass --overwrite to replace it")
     volume = load_volume(args.input)
@@ -57,25 +59,76 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     result = segmenter.segment(volume, args.prompt, return_probabilities=args.probabilities)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    save_label_map(output, result.labels, reference=volume)
-    sidecar = result.sidecar(
-        input=str(Path(args.input)),
-        label_map=output.name,
+    files = write_segmentation(
+        output,
+        result,
+        volume,
+        bundle,
         prompt=args.prompt,
-        bundle={"name": bundle.config.name, "version": bundle.config.version},
         threshold=segmenter.threshold,
+        input=Path(args.input),
     )
-    if result.probabilities is not None:
-        for segment, probability in zip(result.segments, result.probabilities, strict=True):
-            key = segment.class_name or f"query{segment.label_id}"
-            path = save_volume(Path(f"{stem}_probability_{segment.label_id:02d}_{key}{suffix}"), probability, volume)
-            sidecar["segments"][segment.label_id - 1]["probability_map"] = path.name
-    sidecar_path = Path(f"{stem}.json")
-    sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     for segment in result.segments:
         logger.info("%2d %-28s %10.1f mL", segment.label_id, segment.name, segment.volume_ml)
-    logger.info("wrote %s and %s", output, sidecar_path)
+    logger.info("wrote %s and %s", files.label_map, files.sidecar)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """Segment every case of a list file and score it against its labels (Dice, NSD); write a report."""
+    from TextGuidedSegLib.bundle import load_bundle
+    from TextGuidedSegLib.evaluation import evaluate
+
+    list_file = Path(args.list)
+    if not list_file.is_file():
+        raise FileNotFoundError(f"--list {list_file} does not exist")
+    if args.data_root is not None and not Path(args.data_root).is_dir():
+        raise FileNotFoundError(f"--data-root {args.data_root} is not a folder")
+    if args.nsd_tolerance < 0:
+        raise ValueError(f"--nsd-tolerance must be a distance in mm >= 0, got {args.nsd_tolerance}")
+    report = evaluate(
+        load_bundle(args.bundle),
+        list_file,
+        args.output,
+        data_root=args.data_root,
+        dataset=args.dataset,
+        structures=args.structures,
+        save_predictions=args.save_predictions,
+        device=args.device,
+        overlap=args.overlap,
+        nsd_tolerance_mm=args.nsd_tolerance,
+        progress=not args.no_progress,
+    )
+    logger.info(
+        "%d scores over %d structures: mean Dice %.3f, mean NSD %.3f (%g mm)",
+        len(report.scores),
+        len(report.summary),
+        report.mean_dice,
+        report.mean_nsd,
+        report.nsd_tolerance_mm,
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Segment a phantom (or --input) with the demo bundle; write the label map, an overlay and volumes."""
+    from TextGuidedSegLib.demo import DEFAULT_DEMO_BUNDLE, run_demo
+
+    result = run_demo(
+        args.output,
+        bundle=args.bundle if args.bundle is not None else DEFAULT_DEMO_BUNDLE,
+        input=args.input,
+        prompt=args.prompt,
+        device=args.device,
+        seed=args.seed,
+        overlap=args.overlap,
+        progress=not args.no_progress,
+    )
+    written = [result.segmentation, result.sidecar, result.overlay, result.volumes]
+    if result.truth is not None:
+        written[:0] = [result.input, result.truth]
+    sys.stdout.write("\n".join(result.table) + "\n")
+    sys.stdout.write(f"wrote {', '.join(str(p) for p in written)} in {result.seconds:.0f} s\n")
     return 0
 
 
@@ -101,8 +154,14 @@ def _cmd_encode_prompts(args: argparse.Namespace) -> int:
     before = len(cache)
     cache.build(prompts, encoder, batch_size=args.batch_size)
     cache.save(output)
-    logger.info("%s: %d prompts (%d new), %d-d, encoder %s", output, len(cache), len(cache) - before, cache.dim,
-                encoder.identity)
+    logger.info(
+        "%s: %d prompts (%d new), %d-d, encoder %s",
+        output,
+        len(cache),
+        len(cache) - before,
+        cache.dim,
+        encoder.identity,
+    )
     return 0
 
 
@@ -117,11 +176,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
     encoder = summary["text_encoder"]
     lines = [
         f"bundle       {summary['name']} v{summary['version']} (checksums verified)",
-        f"model        {summary['architecture']}, {summary['mode']} mode, feature size {summary['feature_size']}, "
-        f"{summary['parameters'] / 1e6:.2f} M parameters",
+        f"model        {summary['architecture']}, {summary['mode']} mode, "
+        f"feature size {summary['feature_size']}, {summary['parameters'] / 1e6:.2f} M parameters",
         f"text         {encoder['name_or_path'] if encoder else 'none: cached vocabulary only'}, "
         f"{summary['cached_prompts']} cached prompts",
-        f"spacing      {summary['preprocessing']['spacing']} mm, HU window {summary['preprocessing']['hu_window']}",
+        f"spacing      {summary['preprocessing']['spacing']} mm, "
+        f"HU window {summary['preprocessing']['hu_window']}",
         f"inference    ROI {summary['inference']['roi_size']}, overlap {summary['inference']['overlap']}, "
         f"threshold {summary['inference']['threshold']}",
         f"structures   {', '.join(summary['structures'])}",
@@ -143,28 +203,106 @@ def build_parser() -> argparse.ArgumentParser:
 
     segment = commands.add_parser("segment", help="segment a CT volume from a text prompt")
     segment.add_argument("input", help="CT volume: NIfTI (.nii/.nii.gz), NRRD, or a DICOM series folder")
-    segment.add_argument("--prompt", "-p", required=True, help='structures to segment, e.g. "liver and both kidneys"')
+    segment.add_argument(
+        "--prompt", "-p", required=True, help='structures to segment, e.g. "liver and both kidneys"'
+    )
     segment.add_argument("--bundle", "-b", required=True, help="model bundle folder or .zip")
     segment.add_argument("--output", "-o", required=True, help="label map to write (.nii.gz, .nii or .nrrd)")
     segment.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    segment.add_argument("--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's)")
+    segment.add_argument(
+        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's)"
+    )
     segment.add_argument("--threshold", type=float, help="probability threshold (default: the bundle's)")
     segment.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the bundle's)")
-    segment.add_argument("--largest-component", action="store_true", help="keep each structure's largest component")
-    segment.add_argument("--split-laterality", action="store_true",
-                         help="restrict left/right structures to their side of the body midline")
-    segment.add_argument("--probabilities", action="store_true", help="also write one probability map per query")
+    segment.add_argument(
+        "--largest-component", action="store_true", help="keep each structure's largest component"
+    )
+    segment.add_argument(
+        "--split-laterality",
+        action="store_true",
+        help="restrict left/right structures to their side of the body midline",
+    )
+    segment.add_argument(
+        "--probabilities", action="store_true", help="also write one probability map per query"
+    )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")
     segment.set_defaults(func=_cmd_segment)
 
-    encode = commands.add_parser("encode-prompts", help="build or extend an embedding cache with a CLIP text encoder")
-    encode.add_argument("prompts", nargs="*", help="prompts to encode (default: the taxonomy's canonical prompts)")
+    evaluate = commands.add_parser(
+        "evaluate", help="score a bundle on labelled CTs (Dice, surface Dice) and write a report"
+    )
+    evaluate.add_argument("--bundle", "-b", required=True, help="model bundle folder or .zip")
+    evaluate.add_argument(
+        "--list",
+        "-l",
+        required=True,
+        help="list file, one 'image<TAB>label' case a line (the trainer's format)",
+    )
+    evaluate.add_argument(
+        "--output", "-o", required=True, help="report folder: metrics.csv, summary.md, dice_boxplot.png"
+    )
+    evaluate.add_argument("--data-root", help="folder the list's paths are relative to (default: the list's)")
+    evaluate.add_argument(
+        "--dataset",
+        help="dataset key of every case (phantom, totalseg, btcv, ...; default: from each image's folder)",
+    )
+    evaluate.add_argument(
+        "--structures",
+        help='what to score, e.g. "liver, spleen and kidneys" (default: every structure of the bundle); '
+        "each case scores those its dataset annotates",
+    )
+    evaluate.add_argument(
+        "--save-predictions", action="store_true", help="also write predictions/<case>.nii.gz with sidecars"
+    )
+    evaluate.add_argument(
+        "--nsd-tolerance", type=float, default=3.0, help="surface Dice tolerance in mm (default: 3)"
+    )
+    evaluate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    evaluate.add_argument(
+        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's)"
+    )
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    demo = commands.add_parser("demo", help="segment a phantom (or --input) and write an overlay and volumes")
+    demo.add_argument("--output", "-o", default="demo_out", help="output folder (default: demo_out)")
+    demo.add_argument(
+        "--input", "-i", help="a CT to segment instead of the phantom (NIfTI, NRRD, DICOM folder)"
+    )
+    demo.add_argument(
+        "--prompt",
+        "-p",
+        default="liver, spleen and both kidneys",
+        help="structures to segment (default: %(default)s)",
+    )
+    demo.add_argument("--bundle", "-b", help="model bundle folder or .zip (default: the shipped demo bundle)")
+    demo.add_argument("--seed", type=int, default=0, help="the phantom's seed (default: 0)")
+    demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    demo.add_argument(
+        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's; 0 is fastest)"
+    )
+    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    demo.set_defaults(func=_cmd_demo)
+
+    encode = commands.add_parser(
+        "encode-prompts", help="build or extend an embedding cache with a CLIP text encoder"
+    )
+    encode.add_argument(
+        "prompts", nargs="*", help="prompts to encode (default: the taxonomy's canonical prompts)"
+    )
     encode.add_argument("--output", "-o", required=True, help="cache folder (extended when it exists)")
-    encode.add_argument("--encoder", default="openai/clip-vit-base-patch32",
-                        help="Hugging Face id or local folder of a CLIP text model")
-    encode.add_argument("--output-kind", default="pooler", choices=["pooler", "projected"],
-                        help="pooler_output (as the seed) or the projected text_embeds")
+    encode.add_argument(
+        "--encoder",
+        default="openai/clip-vit-base-patch32",
+        help="Hugging Face id or local folder of a CLIP text model",
+    )
+    encode.add_argument(
+        "--output-kind",
+        default="pooler",
+        choices=["pooler", "projected"],
+        help="pooler_output (as the seed) or the projected text_embeds",
+    )
     encode.add_argument("--prompts-file", help="text file with one prompt per line")
     encode.add_argument("--taxonomy", default="universal32", help="taxonomy whose prompts are the default")
     encode.add_argument("--batch-size", type=int, default=64)
