@@ -251,3 +251,37 @@ def test_render_slices_to_png(phantoms, tmp_path):
     figure.savefig(path, dpi=80)
     plt.close(figure)
     assert path.stat().st_size > 1000
+
+
+def test_phantoms_command_writes_the_same_set_as_the_library(tmp_path) -> None:
+    from TextGuidedSegLib.cli import main
+
+    args = [
+        "phantoms",
+        "-o",
+        str(tmp_path / "cli"),
+        "-n",
+        "2",
+        "--seed",
+        "7",
+        "--shape",
+        "48",
+        "48",
+        "24",
+        "--spacing",
+        "5",
+        "5",
+        "5",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    config = PhantomConfig(shape=(48, 48, 24), spacing=(5.0, 5.0, 5.0))
+    write_phantoms(tmp_path / "lib", 2, config, seed=7, progress=False)
+    lines = (tmp_path / "cli" / "phantom.txt").read_text().splitlines()
+    assert lines == (tmp_path / "lib" / "phantom.txt").read_text().splitlines()
+    for line in lines:
+        for relative in line.split("\t"):
+            cli = nib.load(tmp_path / "cli" / relative)
+            lib = nib.load(tmp_path / "lib" / relative)
+            np.testing.assert_array_equal(np.asarray(cli.dataobj), np.asarray(lib.dataobj))
+    assert main(["phantoms", "-o", str(tmp_path / "bad"), "-n", "0"]) == 2

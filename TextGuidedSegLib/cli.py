@@ -194,6 +194,18 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    """Write procedural CT phantoms (images, label maps, list file) for training, evaluation and demos."""
+    from TextGuidedSegLib.data.phantom import PhantomConfig, write_phantoms
+
+    if args.count < 1:
+        raise ValueError(f"-n/--count must be >= 1, got {args.count}")
+    config = PhantomConfig(shape=tuple(args.shape), spacing=tuple(args.spacing), noise_hu=args.noise_hu)
+    list_file = write_phantoms(args.output, args.count, config, seed=args.seed, progress=not args.no_progress)
+    logger.info("wrote %d phantom(s) and %s", args.count, list_file)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``textguidedseg`` (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="textguidedseg", description="Text-guided CT segmentation.")
@@ -284,6 +296,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.set_defaults(func=_cmd_demo)
+
+    phantoms = commands.add_parser("phantoms", help="write procedural abdominal CT phantoms and a list file")
+    phantoms.add_argument("--output", "-o", required=True, help="folder for images/, labels/ and phantom.txt")
+    phantoms.add_argument("--count", "-n", type=int, default=10, help="number of phantoms (default: 10)")
+    phantoms.add_argument(
+        "--seed", type=int, default=0, help="seed of the set (case i: a seed derived from it)"
+    )
+    phantoms.add_argument("--shape", type=int, nargs=3, default=(128, 128, 64), metavar=("I", "J", "K"))
+    phantoms.add_argument("--spacing", type=float, nargs=3, default=(2.5, 2.5, 2.5), metavar=("X", "Y", "Z"))
+    phantoms.add_argument("--noise-hu", type=float, default=15.0, help="Gaussian noise standard deviation")
+    phantoms.add_argument("--no-progress", action="store_true", help="no progress bar")
+    phantoms.set_defaults(func=_cmd_phantoms)
 
     encode = commands.add_parser(
         "encode-prompts", help="build or extend an embedding cache with a CLIP text encoder"
