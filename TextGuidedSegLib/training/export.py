@@ -1,0 +1,108 @@
+"""Training checkpoint -> inference bundle (``TextGuidedSegLib.bundle``).
+
+The bundle gets the checkpoint's weights and resolved ``ModelConfig``, the taxonomy subset trained on (its
+channel order), the training pre-processing (spacing, HU window) and sliding window (ROI, validation overlap
+and window batch), and an embedding cache holding exactly the vectors the model was trained with: the
+structures' prompts, plus the global prompt in global mode. ``text.encoder`` of the training config, when set,
+is recorded as the bundle's text encoder so that it can also encode free text; a bundle trained on synthetic
+embeddings never has one and understands only its vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from TextGuidedSegLib.bundle import BundleConfig, InferenceConfig, PreprocessConfig, save_bundle
+from TextGuidedSegLib.models import ModelConfig, build_model
+from TextGuidedSegLib.taxonomy import get_taxonomy
+from TextGuidedSegLib.text import EmbeddingCache, TextEncoderSpec
+
+from .checkpoint import load_checkpoint
+from .config import TRAINING_TAXONOMY, TrainConfig
+from .embeddings import SYNTHETIC_ENCODER_ID
+
+__all__ = ["export_bundle"]
+
+logger = logging.getLogger(__name__)
+
+
+def _description(config: TrainConfig, model_config: ModelConfig, step: int, synthetic: bool) -> str:
+    lists = ", ".join(Path(p).name for p in config.data.train_lists)
+    text = (
+        f"{model_config.architecture} ({model_config.mode} mode, feature size {model_config.feature_size}) "
+        "trained "
+        f"for {step} steps on {lists} at {'x'.join(f'{s:g}' for s in config.data.spacing)} mm; structures: "
+        f"{', '.join(config.structures)}."
+    )
+    if synthetic:
+        text += (
+            " Its text embeddings are synthetic (one fixed random vector per prompt, "
+            f"{SYNTHETIC_ENCODER_ID}): it understands only these structures' prompts, not free text."
+        )
+    return text
+
+
+def export_bundle(
+    checkpoint_path: str | Path,
+    output: str | Path,
+    name: str | None = None,
+    version: str = "0.1.0",
+    description: str | None = None,
+    license: str = "",
+    overwrite: bool = False,
+) -> Path:
+    """Write a bundle (folder, or ``.zip`` when ``output`` ends so) from a training checkpoint.
+
+    Args:
+        checkpoint_path: a ``ckpt_<step>.pt`` or ``best.pt`` of the trainer.
+        output: the bundle folder or ``.zip`` path.
+        name: the bundle name; default ``<architecture>_<run folder name>``.
+        version: the bundle (weights) version.
+        description: one paragraph for users; default: what was trained on what, for how long.
+        license: licence of the weights.
+        overwrite: replace an existing bundle at ``output``.
+
+    Returns:
+        the path written.
+    """
+    checkpoint_path = Path(checkpoint_path)
+    state = load_checkpoint(checkpoint_path)
+    config = TrainConfig.from_dict(state["config"], source=f"{checkpoint_path} (config)")
+    model_config = ModelConfig.from_dict(state["model_config"])
+    model = build_model(model_config)
+    model.load_state_dict(state["model"])
+    model.eval()
+    taxonomy = get_taxonomy(TRAINING_TAXONOMY).subset(
+        state["structures"], name=f"{TRAINING_TAXONOMY}-{len(state['structures'])}"
+    )
+    text = state.get("text")
+    if text is not None:
+        cache = EmbeddingCache(text["encoder_id"], int(text["embeddings"].shape[1]))
+        cache.add(text["prompts"], text["embeddings"])
+        synthetic = text["encoder_id"].startswith(SYNTHETIC_ENCODER_ID)
+    else:  # text-free baselines: the structure names select channels, no embeddings needed
+        cache = EmbeddingCache("none", model_config.text_dim)
+        synthetic = False
+    encoder = None
+    if config.text.encoder and not synthetic and text is not None:
+        encoder = TextEncoderSpec(config.text.encoder, output=config.text.encoder_output)
+    bundle_config = BundleConfig(
+        name=name or f"{model_config.architecture}_{Path(config.run_dir).name}",
+        model=model_config,
+        taxonomy=taxonomy,
+        text_encoder=encoder,
+        version=version,
+        description=description
+        if description is not None
+        else _description(config, model_config, state["step"], synthetic),
+        license=license,
+        global_prompt=config.text.global_prompt,
+        preprocessing=PreprocessConfig(spacing=config.data.spacing, hu_window=config.data.hu_window),
+        inference=InferenceConfig(
+            roi_size=config.data.roi_size, overlap=config.val_overlap, sw_batch_size=config.val_sw_batch_size
+        ),
+    )
+    path = save_bundle(output, model, bundle_config, cache, overwrite=overwrite)
+    logger.info("exported %s (step %d) to %s", checkpoint_path, state["step"], path)
+    return path

@@ -1,0 +1,98 @@
+"""Train a text-guided segmentation model (every architecture, query or global mode).
+
+One process (CPU, or one GPU):
+    python Training/train.py --config Training/configs/demo_phantom.yaml
+
+Override any key with --key=value (dotted for sections; values parsed as YAML and type-checked):
+    python Training/train.py --config Training/configs/seed_film_v1.yaml --optim.lr=2e-4 --data.num_workers=8
+
+One node, 4 GPUs (DDP, NCCL; gloo on CPU). grad_accum counts micro-steps over all ranks, so the global batch
+(batch_size * data.num_samples * grad_accum crops) is the same at any world size:
+    torchrun --standalone --nproc_per_node=4 Training/train.py --config Training/configs/seed_film_v1.yaml
+
+Continue a run exactly (latest checkpoint in run_dir, or a fresh start when there is none; or a given file):
+    python Training/train.py --config Training/configs/demo_phantom.yaml --resume auto
+    python Training/train.py --resume runs/demo_phantom/ckpt_0000200.pt     (the checkpoint's own config)
+
+SLURM (one or more nodes, requeue-safe through --resume auto):
+    sbatch Training/slurm/train.sbatch Training/configs/seed_film_v1.yaml [--key=value ...]
+
+Then export a bundle for inference:
+    python Training/export_bundle.py --checkpoint runs/demo_phantom/best.pt --output demo_bundle
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+USAGE = __doc__
+
+
+def main(argv: list[str]) -> int:
+    from TextGuidedSegLib.data.datasets import DatasetListError
+    from TextGuidedSegLib.text import EmbeddingCacheError
+    from TextGuidedSegLib.training.checkpoint import load_checkpoint
+    from TextGuidedSegLib.training.config import ConfigError, TrainConfig, apply_overrides, load_config
+    from TextGuidedSegLib.training.trainer import train
+
+    rank = int(os.environ.get("RANK", 0))
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
+    )
+    config_path: str | None = None
+    resume: str | None = None
+    overrides: list[str] = []
+    arguments = list(argv)
+    while arguments:
+        argument = arguments.pop(0)
+        if argument in ("-h", "--help"):
+            print(USAGE)
+            return 0
+        if argument in ("--config", "--resume"):
+            if not arguments:
+                print(f"{argument} needs a value", file=sys.stderr)
+                return 2
+            value = arguments.pop(0)
+        elif argument.startswith(("--config=", "--resume=")):
+            argument, value = argument.split("=", 1)
+        else:
+            overrides.append(argument)
+            continue
+        if argument == "--config":
+            config_path = value
+        else:
+            resume = value
+    try:
+        if config_path is None and resume not in (None, "auto"):
+            # the checkpoint's own config, with the overrides on top
+            config = TrainConfig.from_dict(load_checkpoint(resume)["config"], source=resume)
+            config = apply_overrides(config, overrides)
+        elif config_path is None:
+            print("pass --config FILE (or --resume CHECKPOINT); see --help", file=sys.stderr)
+            return 2
+        else:
+            config = load_config(Path(config_path), overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        result = train(config, resume=resume)
+    except (ConfigError, DatasetListError, EmbeddingCacheError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if rank == 0:
+        logging.getLogger("train").info(
+            "done: %d steps, last checkpoint %s, best mean Dice %.4f",
+            result.step,
+            result.checkpoint,
+            result.best_metric,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
