@@ -15,7 +15,6 @@ against the model's state dict, and fails with the offending file or key named.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 
 from TextGuidedSegLib import __version__
+from TextGuidedSegLib.files import sha256_file
 from TextGuidedSegLib.models import ModelConfig, TextSegModel, build_model
 from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
 from TextGuidedSegLib.text import EmbeddingCache, TextEncoderSpec
@@ -225,15 +225,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_jsonable(v) for v in value]
     return value
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass

@@ -19,7 +19,6 @@ the two renames is caught at load time by the checksum.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 from tqdm.auto import tqdm
+
+from TextGuidedSegLib.files import sha256_file
 
 from .encoder import CLIPTextEncoder, PromptEncoder
 
@@ -69,14 +70,6 @@ def _preview(prompts: Sequence[str], limit: int = _SHOWN) -> str:
     shown = ", ".join(repr(prompt) for prompt in prompts[:limit])
     more = len(prompts) - limit
     return f"[{shown}{f', ... ({more} more)' if more > 0 else ''}]"
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync(path: Path) -> None:
@@ -307,7 +300,7 @@ class EmbeddingCache:
                 "dim": self._dim,
                 "count": len(prompts),
                 "prompts": prompts,
-                "sha256": _file_sha256(tensor_tmp),
+                "sha256": sha256_file(tensor_tmp),
             }
             index_tmp = _temp_path(folder, INDEX_FILE)
             temps.append(index_tmp)
@@ -359,7 +352,7 @@ class EmbeddingCache:
         index = _read_index(index_path)
         if not tensor_path.is_file():
             raise EmbeddingCacheError(f"{tensor_path} is missing (the index {index_path} refers to it)")
-        actual = _file_sha256(tensor_path)
+        actual = sha256_file(tensor_path)
         if actual != index["sha256"]:
             raise EmbeddingCacheError(
                 f"checksum mismatch for {tensor_path}: sha256 {actual} but {index_path} records "

@@ -23,6 +23,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from TextGuidedSegLib.files import sha256_file
+
 logger = logging.getLogger(__name__)
 
 OUTPUT_KINDS = ("pooler", "projected")
@@ -147,21 +149,12 @@ def _how_to_get_weights(name: str) -> str:
     )
 
 
-def _file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _config_sha256(path: Path) -> str:
     """Hex sha256 of ``config.json`` minus the keys a mere re-save changes (version, dtype spelling)."""
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return _file_sha256(path)  # transformers will report the broken file
+        return sha256_file(path)  # transformers will report the broken file
     if isinstance(config, dict):
         for key in _VOLATILE_CONFIG_KEYS:
             config.pop(key, None)
@@ -176,10 +169,10 @@ def local_model_digest(folder: str | Path) -> str:
     ``_name_or_path``. Two folders share the digest only when these match, whatever the folders are called.
     """
     folder = Path(folder)
-    parts = [(path.name, _file_sha256(path)) for path in sorted(folder.glob("*.safetensors"))]
+    parts = [(path.name, sha256_file(path)) for path in sorted(folder.glob("*.safetensors"))]
     if (folder / "config.json").is_file():
         parts.append(("config.json", _config_sha256(folder / "config.json")))
-    parts += [(name, _file_sha256(folder / name)) for name in _TOKENIZER_FILES if (folder / name).is_file()]
+    parts += [(name, sha256_file(folder / name)) for name in _TOKENIZER_FILES if (folder / name).is_file()]
     digest = hashlib.sha256()
     for name, file_digest in parts:
         digest.update(f"{name}\0{file_digest}\n".encode())
