@@ -345,9 +345,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
+    from TextGuidedSegLib.text import TextEncoderUnavailableError
+
+    # The library's errors are ValueError subclasses (bad input, named in the message), OSError (files) and
+    # TextEncoderUnavailableError; anything else is a bug and keeps its traceback.
     try:
         return args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, FileExistsError, OSError, RuntimeError) as err:
+    except (ValueError, OSError, TextEncoderUnavailableError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         logger.debug("details", exc_info=True)
         sys.stderr.write(f"textguidedseg {args.command}: error: {message}\n")
