@@ -42,7 +42,6 @@ def make_bundle(tmp_path_factory: pytest.TempPathFactory):
         BundleConfig,
         InferenceConfig,
         PreprocessConfig,
-        channel_output,
         save_bundle,
     )
     from TextGuidedSegLib.models import ModelConfig, build_model
@@ -64,7 +63,7 @@ def make_bundle(tmp_path_factory: pytest.TempPathFactory):
         model_args.setdefault("feature_size", 12)
         model_args.setdefault("text_dim", encoder.dim if encoder is not None else 16)
         probe = ModelConfig(**model_args)
-        if channel_output(probe):
+        if probe.output == "channels":
             model_args["num_classes"] = len(taxonomy)
         model_config = ModelConfig(**model_args)
         torch.manual_seed(seed)

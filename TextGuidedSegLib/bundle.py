@@ -41,11 +41,6 @@ CACHE_DIR = "text_cache"
 GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
 
 
-def channel_output(model: ModelConfig) -> bool:
-    """True when the model predicts one channel per taxonomy structure (global mode, text-free baselines)."""
-    return model.mode == "global" or model.architecture in ("swinunetr", "unetr")
-
-
 class BundleError(ValueError):
     """A bundle cannot be read or does not match its own description; the message names the file or key."""
 
@@ -148,7 +143,7 @@ class BundleConfig:
     format_version: int = BUNDLE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        if channel_output(self.model) and self.model.num_classes != len(self.taxonomy):
+        if self.model.output == "channels" and self.model.num_classes != len(self.taxonomy):
             raise ValueError(
                 f"model.num_classes is {self.model.num_classes} but the taxonomy has {len(self.taxonomy)} "
                 "structures: a channel-output model needs one channel per taxonomy structure"

@@ -61,7 +61,7 @@ class TextSegModel(nn.Module):
     @property
     def output(self) -> str:
         """``"query"`` (one mask per text embedding) or ``"channels"`` (``num_classes`` masks)."""
-        return "query" if self.uses_text and self.config.mode == "query" else "channels"
+        return self.config.output
 
     def compute_logits(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
         """Run the network on checked inputs.

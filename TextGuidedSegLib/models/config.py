@@ -147,6 +147,11 @@ class ModelConfig:
         """True for the text-conditioned architectures (film_v1, film_v2, universal)."""
         return self.architecture in TEXT_ARCHITECTURES
 
+    @property
+    def output(self) -> str:
+        """``"query"`` (one mask per text embedding) or ``"channels"`` (``num_classes`` masks)."""
+        return "query" if self.uses_text and self.mode == "query" else "channels"
+
     @classmethod
     def field_names(cls) -> list[str]:
         """The keys ``from_dict`` accepts, in declaration order."""

@@ -35,7 +35,6 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from TextGuidedSegLib import __version__
-from TextGuidedSegLib.bundle import channel_output
 from TextGuidedSegLib.models import ModelConfig, build_model, load_pretrained_swinunetr
 from TextGuidedSegLib.taxonomy import get_taxonomy
 
@@ -249,7 +248,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         # ---- structures and prompt embeddings ----------------------------------------------------------
         taxonomy = get_taxonomy(TRAINING_TAXONOMY).subset(config.structures)
         num_structures = len(taxonomy)
-        channels = channel_output(config.model)
+        channels = config.model.output == "channels"
         text_state = None
         query_text = global_text = None
         if config.model.uses_text:
