@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import torch
 from conftest import shared_path
 
 from TextGuidedSegLib.bundle import load_bundle
-from TextGuidedSegLib.inference import Segmenter
+from TextGuidedSegLib.inference import SegmentationCancelled, Segmenter, count_windows
 from TextGuidedSegLib.inference.segmenter import _label_map
-from TextGuidedSegLib.io import load_volume
+from TextGuidedSegLib.io import Volume, load_volume
 from TextGuidedSegLib.taxonomy import PromptError
 from TextGuidedSegLib.text import EmbeddingCacheError
 
@@ -141,3 +143,83 @@ def test_options_are_validated(make_bundle) -> None:
         Segmenter(bundle, threshold=0.0)
     with pytest.raises(ValueError, match="--device 'tpu'"):
         Segmenter(bundle, device="tpu")
+
+
+def test_prepared_volume_is_reused_and_checked(make_bundle) -> None:
+    """A kept PreparedVolume gives the same labels as a fresh run; one from another grid is refused."""
+    volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
+    bundle = load_bundle(make_bundle(spacing=3.0))
+    bundle.model = IntensityOracle(bundle.model.config)
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    prepared = segmenter.prepare(volume)
+    assert prepared.image.shape[:2] == (1, 1)
+    assert prepared.image.min() >= 0.0 and prepared.image.max() <= 1.0
+    fresh = segmenter.segment(volume, "liver")
+    reused = segmenter.segment(volume, "spleen", prepared=prepared)
+    np.testing.assert_array_equal(fresh.labels, reused.labels)
+    affine = volume.affine.copy()
+    affine[0, 3] += 3.0
+    shifted = Volume(volume.array, affine)
+    with pytest.raises(ValueError, match="prepared"):
+        segmenter.segment(shifted, "liver", prepared=prepared)
+
+
+def test_progress_reports_every_window_and_cancel_stops(make_bundle) -> None:
+    """progress_callback counts the windows MONAI runs; a set cancel event stops before the next batch."""
+    volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
+    bundle = load_bundle(make_bundle(spacing=3.0, roi_size=64))
+    oracle = IntensityOracle(bundle.model.config)
+    bundle.model = oracle
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    calls: list[tuple[int, int]] = []
+    segmenter.segment(volume, "liver", progress_callback=lambda done, total: calls.append((done, total)))
+    total = calls[-1][1]
+    assert calls[-1] == (total, total)
+    assert total == oracle.calls > 1, "one window per model call at sw_batch_size 1"
+    assert [done for done, _ in calls] == sorted(done for done, _ in calls)
+    image_size = segmenter.prepare(volume).image.shape[2:]
+    assert count_windows(image_size, (64, 64, 64), 0.5) == total
+
+    oracle.calls = 0
+    cancel = threading.Event()
+
+    def stop_after_two(done: int, total: int) -> None:
+        if done >= 2:
+            cancel.set()
+
+    with pytest.raises(SegmentationCancelled):
+        segmenter.segment(volume, "liver", progress_callback=stop_after_two, cancel=cancel)
+    assert oracle.calls == 2
+
+
+class RampModel(IntensityOracle):
+    """Logits rising along the window's first axis: not flip-equivariant, so flips disagree."""
+
+    def forward(self, image, text=None, class_indices=None):
+        self.calls += 1
+        ramp = torch.linspace(-3.0, 3.0, image.shape[2]).view(1, 1, -1, 1, 1)
+        return (ramp + 0.0 * image).expand(-1, text.shape[1], -1, -1, -1)
+
+
+def test_flip_tta_averages_four_passes_and_returns_uncertainty(make_bundle) -> None:
+    """Flip TTA: a flip-equivariant model gives the plain result and ~zero spread; a ramp model does not."""
+    volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
+    bundle = load_bundle(make_bundle(spacing=3.0))
+    oracle = IntensityOracle(bundle.model.config)
+    bundle.model = oracle
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    plain = segmenter.segment(volume, "liver", return_probabilities=True)
+    assert plain.uncertainty is None
+    single_pass = oracle.calls
+    oracle.calls = 0
+    tta = Segmenter(bundle, device="cpu", progress=False, flip_tta=True).segment(
+        volume, "liver", return_probabilities=True
+    )
+    assert oracle.calls == 4 * single_pass
+    assert tta.uncertainty.shape == (1, *volume.shape)
+    np.testing.assert_allclose(tta.probabilities, plain.probabilities, atol=1e-5)
+    assert float(tta.uncertainty.max()) < 1e-5
+
+    bundle.model = RampModel(bundle.model.config)
+    ramp = Segmenter(bundle, device="cpu", progress=False, flip_tta=True).segment(volume, "liver")
+    assert float(ramp.uncertainty.max()) > 0.1

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["SegmentInfo", "SegmentationResult", "Segmenter", "resolve_device"]
+__all__ = [
+    "PreparedVolume",
+    "ProgressCallback",
+    "SegmentInfo",
+    "SegmentationCancelled",
+    "SegmentationResult",
+    "Segmenter",
+    "count_windows",
+    "resolve_device",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,18 +10,26 @@ The steps, each in one place:
 4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
 5. sigmoid probabilities are resampled back onto the input's own grid, thresholded and optionally
    post-processed (largest component, left/right split); overlapping structures go to the more probable one.
+
+Step 3 is ``Segmenter.prepare``: its ``PreparedVolume`` can be kept and passed to later ``segment`` calls, so
+re-prompting the same volume does not resample it again. ``segment`` reports progress per window batch and
+stops with ``SegmentationCancelled`` when its cancel event is set (the Slicer module runs it in a worker
+thread). With ``flip_tta`` the model also sees the volume mirrored along each axis; the probabilities are
+averaged and their standard deviation is returned as a per-voxel uncertainty.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
 from TextGuidedSegLib.bundle import Bundle
@@ -34,6 +42,16 @@ from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCacheError
 logger = logging.getLogger(__name__)
 
 SIDECAR_FORMAT_VERSION = 1
+
+ProgressCallback = Callable[[int, int], None]
+"""Called as ``callback(done, total)`` with the number of sliding windows run so far and in all."""
+
+# Test-time flips: none, then each spatial axis of a (B, C, X, Y, Z) tensor.
+_TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+
+
+class SegmentationCancelled(RuntimeError):
+    """Raised by ``Segmenter.segment`` when its ``cancel`` event was set; nothing was returned or written."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -89,12 +107,15 @@ class SegmentationResult:
         segments: one entry per query, in label order.
         queries: the structure queries, in label order.
         probabilities: (Q, I, J, K) float32 sigmoid probabilities on the input grid, when requested.
+        uncertainty: (Q, I, J, K) float32 standard deviation of the probabilities over the test-time flips,
+            when the segmenter ran with ``flip_tta``.
     """
 
     labels: np.ndarray
     segments: list[SegmentInfo]
     queries: list[StructureQuery]
     probabilities: np.ndarray | None = None
+    uncertainty: np.ndarray | None = None
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
         """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
@@ -116,6 +137,50 @@ class SegmentationResult:
                 for s in self.segments
             ],
         }
+
+
+@dataclass(frozen=True)
+class PreparedVolume:
+    """A volume in model space and windowed: the model's input, reusable for any prompt on that volume.
+
+    Attributes:
+        image: ``(1, 1, X, Y, Z)`` float32 tensor in [0, 1] (RAS, the bundle's spacing and HU window).
+        affine: ``(4, 4)`` model-space voxel-to-RAS affine of ``image``.
+        source_shape: ``(I, J, K)`` of the volume it was made from.
+        source_affine: ``(4, 4)`` voxel-to-RAS affine of that volume.
+        spacing: model spacing (mm) it was resampled to.
+        hu_window: HU window it was mapped through.
+    """
+
+    image: torch.Tensor
+    affine: np.ndarray
+    source_shape: tuple[int, int, int]
+    source_affine: np.ndarray
+    spacing: tuple[float, float, float]
+    hu_window: tuple[float, float]
+
+    def matches(self, volume: Volume, spacing: Sequence[float], hu_window: Sequence[float]) -> bool:
+        """True when this was made from ``volume``'s grid with the given pre-processing."""
+        return (
+            tuple(self.source_shape) == tuple(volume.shape)
+            and np.allclose(self.source_affine, volume.affine, atol=1e-6)
+            and np.allclose(self.spacing, spacing)
+            and np.allclose(self.hu_window, hu_window)
+        )
+
+
+def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
+    """Number of windows ``sliding_window_inference`` runs over an image of ``image_size`` (spatial dims).
+
+    MONAI pads an image smaller than the ROI up to it, then steps ``int(roi * (1 - overlap))`` (at least 1)
+    along each axis, or one ROI where the axis equals it.
+    """
+    padded = [max(int(i), int(r)) for i, r in zip(image_size, roi_size, strict=True)]
+    interval = [
+        int(r) if p == int(r) else max(int(int(r) * (1.0 - overlap)), 1)
+        for p, r in zip(padded, roi_size, strict=True)
+    ]
+    return len(dense_patch_slices(padded, [int(r) for r in roi_size], interval))
 
 
 # Colours for free-text segments, which have no terminology entry.
@@ -143,6 +208,8 @@ class Segmenter:
         progress: show a progress bar over the sliding windows.
         text_encoder: an already loaded encoder for prompts the cache lacks; by default the bundle's own
             encoder is loaded on first need (bundles without one answer only their cached vocabulary).
+        flip_tta: test-time augmentation by flips: also run the volume mirrored along each axis (4 passes),
+            average the probabilities and return their standard deviation as ``result.uncertainty``.
 
     Example::
 
@@ -162,6 +229,7 @@ class Segmenter:
         split_laterality: bool = False,
         progress: bool = True,
         text_encoder: CLIPTextEncoder | None = None,
+        flip_tta: bool = False,
     ) -> None:
         settings = bundle.config.inference
         self.bundle = bundle
@@ -179,6 +247,7 @@ class Segmenter:
         self.split_laterality = split_laterality
         self.progress = progress
         self._encoder = text_encoder
+        self.flip_tta = flip_tta
         self.model = bundle.model.to(self.device).eval()
 
     # -- prompts -> conditioning ------------------------------------------------------------------------
@@ -246,14 +315,37 @@ class Segmenter:
 
     # -- the volume -------------------------------------------------------------------------------------
 
+    def prepare(self, volume: Volume) -> PreparedVolume:
+        """The model input for ``volume``: RAS, the bundle's spacing and HU window (keep it to re-prompt)."""
+        preprocessing = self.bundle.config.preprocessing
+        image = to_model_space(volume, preprocessing.spacing)
+        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()[None]
+        return PreparedVolume(
+            image=windowed,
+            affine=np.asarray(image.affine, dtype=np.float64),
+            source_shape=tuple(volume.shape),
+            source_affine=np.asarray(volume.affine, dtype=np.float64).copy(),
+            spacing=tuple(preprocessing.spacing),
+            hu_window=tuple(preprocessing.hu_window),
+        )
+
     def predict_logits(
-        self, image: torch.Tensor, text: torch.Tensor | None, class_indices: torch.Tensor | None
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor | None,
+        class_indices: torch.Tensor | None,
+        step: Callable[[int], None] | None = None,
     ) -> torch.Tensor:
-        """Sliding-window logits (1, Q, X, Y, Z) for a windowed model-space image (1, 1, X, Y, Z)."""
+        """Sliding-window logits (1, Q, X, Y, Z) for a windowed model-space image (1, 1, X, Y, Z).
+
+        ``step(n)`` is called before each batch of ``n`` windows runs (progress and cancellation).
+        """
         settings = self.bundle.config.inference
 
         def predictor(window: torch.Tensor) -> torch.Tensor:
             n = window.shape[0]
+            if step is not None:
+                step(n)
             batch_text = None if text is None else text.expand(n, -1, -1)
             batch_indices = None if class_indices is None else class_indices.expand(n, -1)
             return self.model(window, batch_text, batch_indices)
@@ -271,11 +363,33 @@ class Segmenter:
             )
         return logits.float()
 
+    def predict_probabilities(
+        self,
+        image: torch.Tensor,
+        text: torch.Tensor | None,
+        class_indices: torch.Tensor | None,
+        step: Callable[[int], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Model-space probabilities (Q, X, Y, Z) and, with ``flip_tta``, their std over flips (else None)."""
+        if not self.flip_tta:
+            return torch.sigmoid(self.predict_logits(image, text, class_indices, step)[0]).cpu(), None
+        passes = []
+        for dims in _TTA_FLIPS:
+            flipped = torch.flip(image, dims) if dims else image
+            logits = self.predict_logits(flipped, text, class_indices, step)
+            passes.append(torch.sigmoid(torch.flip(logits, dims) if dims else logits)[0].cpu())
+        stacked = torch.stack(passes)
+        return stacked.mean(0), stacked.std(0, unbiased=False)
+
     def segment(
         self,
         volume: Volume,
         prompt: str | Sequence[StructureQuery],
         return_probabilities: bool = False,
+        *,
+        prepared: PreparedVolume | None = None,
+        progress_callback: ProgressCallback | None = None,
+        cancel: threading.Event | None = None,
     ) -> SegmentationResult:
         """Segment ``volume`` for ``prompt``; the label map lies voxel for voxel on ``volume``'s grid.
 
@@ -283,12 +397,23 @@ class Segmenter:
             volume: the CT, (I, J, K) HU with its voxel-to-RAS affine; it is not modified.
             prompt: free text ("liver and both kidneys") or already parsed queries.
             return_probabilities: also return (Q, I, J, K) probabilities on the input grid.
+            prepared: ``self.prepare(volume)`` from an earlier call, to skip resampling the volume again.
+            progress_callback: ``callback(done, total)`` over the sliding windows (all flips included).
+            cancel: when this event is set, the run stops before its next window batch and raises
+                ``SegmentationCancelled``.
         """
         queries = self.queries(prompt) if isinstance(prompt, str) else list(prompt)
         if not queries:
             raise PromptError("no structure to segment: the prompt produced no query")
         text, class_indices = self.conditioning(queries)
         preprocessing = self.bundle.config.preprocessing
+        if prepared is None:
+            prepared = self.prepare(volume)
+        elif not prepared.matches(volume, preprocessing.spacing, preprocessing.hu_window):
+            raise ValueError(
+                "prepared: this PreparedVolume was made from another volume grid or other pre-processing; "
+                "call Segmenter.prepare(volume) again"
+            )
         logger.info(
             "segmenting %s (%s, spacing %s mm) for %s",
             volume.source,
@@ -296,11 +421,24 @@ class Segmenter:
             volume.spacing,
             [q.name for q in queries],
         )
-        image = to_model_space(volume, preprocessing.spacing)
-        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()[None]
-        logits = self.predict_logits(windowed, text, class_indices)
-        probabilities = torch.sigmoid(logits[0]).cpu()
-        probabilities = to_original_space(probabilities, volume, mode="bilinear", affine=image.affine)
+        total = count_windows(prepared.image.shape[2:], self.bundle.config.inference.roi_size, self.overlap)
+        total *= len(_TTA_FLIPS) if self.flip_tta else 1
+        done = 0
+
+        def step(n: int) -> None:
+            nonlocal done
+            if progress_callback is not None:
+                progress_callback(done, total)
+            if cancel is not None and cancel.is_set():
+                raise SegmentationCancelled(f"segmentation of {volume.source or 'the volume'} cancelled")
+            done += n
+
+        probabilities, spread = self.predict_probabilities(prepared.image, text, class_indices, step)
+        if progress_callback is not None:
+            progress_callback(total, total)
+        probabilities = to_original_space(probabilities, volume, mode="bilinear", affine=prepared.affine)
+        if spread is not None:
+            spread = to_original_space(spread, volume, mode="bilinear", affine=prepared.affine)
         masks = probabilities >= self.threshold
         masks = self._postprocess(masks, queries, volume)
         labels = _label_map(probabilities, masks)
@@ -310,6 +448,7 @@ class Segmenter:
             segments=segments,
             queries=queries,
             probabilities=probabilities if return_probabilities else None,
+            uncertainty=spread,
         )
 
     def _postprocess(
