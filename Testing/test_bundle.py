@@ -53,6 +53,25 @@ def test_save_load_identical_outputs(make_bundle, model_args) -> None:
         assert torch.equal(value, second.model.state_dict()[key]), key
 
 
+def test_derived_buffers_are_not_stored_and_come_back_on_load(tmp_path: Path, make_bundle) -> None:
+    """Swin relative-position index tables are rebuilt by the model, so bundles leave them out."""
+    from safetensors import safe_open
+
+    bundle = load_bundle(make_bundle(architecture="film_v1"))
+    original = {k: v.clone() for k, v in bundle.model.state_dict().items()}
+    path = tmp_path / "resaved"
+    save_bundle(path, bundle.model, bundle.config, bundle.cache)
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        stored = set(f.keys())
+    derived = {k for k in original if k.endswith("relative_position_index")}
+    assert derived, "the Swin backbone has relative-position index buffers"
+    assert stored == set(original) - derived
+    reloaded = load_bundle(path)
+    for key, value in original.items():
+        assert torch.equal(value, reloaded.model.state_dict()[key]), key
+    assert torch.equal(_outputs(bundle), _outputs(reloaded))
+
+
 def test_zip_bundle_matches_folder_bundle(make_bundle) -> None:
     folder = load_bundle(make_bundle(seed=5))
     archive_path = make_bundle(seed=5, zip_file=True)

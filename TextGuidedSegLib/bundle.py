@@ -244,11 +244,21 @@ class Bundle:
         return [s.name for s in self.config.taxonomy]
 
 
+# Buffers a model computes from its config when it is built (the Swin blocks' relative-position index tables):
+# not written to bundles (they were 7.5 of the demo bundle's 25 MB); on load the freshly built model has them.
+DERIVED_BUFFERS = ("relative_position_index",)
+
+
+def _is_derived(key: str) -> bool:
+    """True for a state-dict key naming a buffer the model rebuilds itself (``DERIVED_BUFFERS``)."""
+    return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
+
+
 def _write_bundle_folder(
     folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache
 ) -> None:
     """Write the bundle files into an existing empty ``folder`` (config last, with checksums)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _is_derived(k)}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
     cache.save(folder / CACHE_DIR)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
@@ -372,7 +382,9 @@ def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None
         state = load_file(str(weights_path))
     except Exception as err:  # safetensors raises its own SafetensorError
         raise BundleError(f"{source}/{WEIGHTS_FILE}: cannot read weights ({err})") from err
-    expected = model.state_dict()
+    built = model.state_dict()
+    expected = {k: v for k, v in built.items() if not _is_derived(k)}
+    state = {k: v for k, v in state.items() if not _is_derived(k)}  # older bundles stored them
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -392,7 +404,8 @@ def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None
                 f"model in {CONFIG_FILE} expects {tuple(expected[key].shape)}; "
                 "the config does not match the weights"
             )
-    model.load_state_dict(state, strict=True)
+    derived = {k: v for k, v in built.items() if _is_derived(k)}
+    model.load_state_dict({**derived, **state}, strict=True)
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
