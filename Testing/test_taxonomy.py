@@ -397,8 +397,11 @@ def test_queries_carry_typed_text_prompt_and_structure(taxonomy):
 
 def test_free_text_queries():
     (query,) = parse_prompt("Segment the hepatic cyst near the hilum")
-    assert query == StructureQuery(text="hepatic cyst near the hilum", prompt="hepatic cyst near the hilum",
-                                   structure=None)  # fmt: skip
+    assert query == StructureQuery(
+        text="hepatic cyst near the hilum",
+        prompt="A computerized tomography of a hepatic cyst near the hilum",
+        structure=None,
+    )
     assert (query.name, query.class_name) == ("hepatic cyst near the hilum", None)
     mixed = parse_prompt("liver, hepatic cyst in the abdominal CT; spleen")
     assert [q.class_name or q.text for q in mixed] == ["liver", "hepatic cyst", "spleen"]

@@ -11,7 +11,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
-from .structures import Structure, Taxonomy, get_taxonomy
+from .structures import Structure, Taxonomy, canonical_prompt, get_taxonomy
 from .vocabulary import (
     LEADING_STRIP_WORDS,
     SEPARATOR_WORDS,
@@ -39,7 +39,9 @@ class StructureQuery:
 
     Attributes:
         text: the words the user typed for this query (``"Kidneys"`` for both kidney queries).
-        prompt: what the text encoder receives: the structure's canonical prompt, or the free-text phrase.
+        prompt: what the text encoder receives: the structure's canonical prompt, or the free-text phrase in
+            the same template ("A computerized tomography of a hepatic cyst"), the form the models were
+            trained on.
         structure: the taxonomy structure, or None for free text.
     """
 
@@ -270,7 +272,8 @@ def parse_prompt(
             unrecognised.append(phrase)
             if allow_free_text:
                 logger.info("prompt %r: %r names no known structure; querying it as free text", text, phrase)
-                add("\0" + phrase.casefold(), StructureQuery(text=phrase, prompt=phrase, structure=None))
+                query = StructureQuery(text=phrase, prompt=canonical_prompt(phrase), structure=None)
+                add("\0" + phrase.casefold(), query)
 
     if unrecognised and not allow_free_text:
         raise PromptError(
