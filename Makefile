@@ -21,14 +21,14 @@ $(STAMP): pyproject.toml constraints-dev.txt
 setup: $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check TextGuidedSegLib Testing Training
+	$(VENV)/bin/ruff check TextGuidedSegLib TextGuidedSeg TextGuidedSegEffect Testing Training
 	$(PY) -m pytest Testing
 
 test-fast: $(STAMP)
 	$(PY) -m pytest Testing -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check TextGuidedSegLib Testing Training
+	$(VENV)/bin/ruff check TextGuidedSegLib TextGuidedSeg TextGuidedSegEffect Testing Training
 
 bench: $(STAMP)
 	$(PY) Testing/bench/bench_forward.py

@@ -1,0 +1,793 @@
+"""TextGuidedSeg: segment a CT in 3D Slicer from a text prompt ("liver and both kidneys").
+
+The four Slicer roles:
+
+- :class:`TextGuidedSeg`: module metadata; at start-up it loads the terminology context of the structures
+  that Slicer's General Anatomy list lacks.
+- :class:`TextGuidedSegWidget`: the panel. It only wires the user interface: the work is done by
+  :class:`TextGuidedSegLogic` (``TextGuidedSegLogic/``, Qt-free, usable from the Python console) in a
+  worker thread, and MRML is written on the main thread when the job ends.
+- :class:`TextGuidedSegLogic`: imported from the ``TextGuidedSegLogic`` package.
+- :class:`TextGuidedSegTest`: in-Slicer self-test on a phantom with the demo bundle (Dice per structure).
+
+Nothing heavy is imported at start-up: PyTorch, MONAI and the library's models are imported on the first
+Apply, after the dependency check.
+"""
+
+import logging
+import os
+import time
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from TextGuidedSegLogic import (
+    DEFAULT_BUNDLE,
+    SegmentationOptions,
+    TextGuidedSegLogic,
+    Worker,
+)
+
+__all__ = ["TextGuidedSeg", "TextGuidedSegLogic", "TextGuidedSegTest", "TextGuidedSegWidget"]
+
+SETTINGS_GROUP = "TextGuidedSeg"
+#: Settings kept between Slicer sessions (QSettings) as well as in the scene's parameter node.
+PERSISTENT_PARAMETERS = (
+    "bundle",
+    "device",
+    "overlap",
+    "threshold",
+    "largestComponent",
+    "splitLaterality",
+    "uncertainty",
+    "probabilityVolumes",
+)
+DEVICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "CUDA (GPU)"))
+POLL_INTERVAL_MS = 50
+#: Each poll sleeps this long while a job runs, releasing the GIL to the worker thread (see worker.py).
+GIL_YIELD_SECONDS = 0.015
+STAGE_TEXT = {
+    "download": "Downloading the model bundle",
+    "load": "Loading the model bundle",
+    "prepare": "Resampling the volume to the model's grid",
+    "segment": "Segmenting",
+}
+
+
+#
+# TextGuidedSeg
+#
+
+
+class TextGuidedSeg(ScriptedLoadableModule):
+    """Module metadata (ScriptedLoadableModule: Slicer's Base/Python/slicer/ScriptedLoadableModule.py)."""
+
+    def __init__(self, parent) -> None:
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("Text-Guided Segmentation")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = ["Segmentations"]
+        self.parent.contributors = ["TextGuidedSeg developers"]
+        self.parent.helpText = _(
+            "Segment a CT from a text prompt such as <i>liver, spleen and both kidneys</i>. Each structure "
+            "becomes a segment with its name, SNOMED CT terminology code and recommended colour. The same "
+            "models are available in the Segment Editor as the <b>Text prompt</b> effect. See the "
+            '<a href="https://github.com/TextGuidedSeg/SlicerTextGuidedSeg">documentation</a>.'
+        )
+        self.parent.acknowledgementText = _(
+            "Models: CLIP-conditioned SwinUNETR (MONAI) with FiLM text conditioning. The default structure "
+            "list follows the CLIP-Driven Universal Model (Liu et al., ICCV 2023)."
+        )
+        slicer.app.connect("startupCompleted()", loadTerminologyContext)
+
+
+def loadTerminologyContext() -> None:
+    """Load the terminology context of the structures Slicer's General Anatomy list lacks (e.g. the IVC)."""
+    try:
+        from TextGuidedSegLogic.terminology import write_terminology_context
+
+        path = write_terminology_context(os.path.join(slicer.app.cachePath, "TextGuidedSeg"))
+        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path))
+    except Exception:  # noqa: BLE001 - a missing context only affects the terminology selector's display
+        logging.exception("TextGuidedSeg: could not load its terminology context")
+
+
+#
+# Dependencies (shared with the "Text prompt" Segment Editor effect)
+#
+
+_dependenciesReady = False
+
+
+def ensureDependencies(report=None) -> bool:
+    """Install missing Python packages after asking the user; True when everything is available.
+
+    Called on the first Apply of the panel and of the effect. ``report(text)`` shows progress (a status line).
+    """
+    global _dependenciesReady
+    if _dependenciesReady:
+        return True
+    from TextGuidedSegLogic.dependencies import TORCH, missing_requirements, pip_arguments
+
+    report = report or (lambda text: logging.info("TextGuidedSeg: %s", text))
+    missing = missing_requirements()
+    if not missing:
+        _dependenciesReady = True
+        return True
+    listing = "\n".join(f"  \u2022 {m.describe()}" for m in missing)
+    question = _(
+        "Text-Guided Segmentation needs these Python packages in Slicer's Python:\n\n{listing}\n\n"
+        "Install them now? This downloads several hundred MB and can take a few minutes. PyTorch is "
+        "installed through the PyTorch extension when it is present (it picks the build for your GPU)."
+    ).format(listing=listing)
+    if not slicer.util.confirmOkCancelDisplay(question, _("Install Python packages")):
+        report(_("The Python packages are needed to segment; nothing was installed."))
+        return False
+    failures = []
+    with slicer.util.WaitCursor():
+        if any(m.requirement.distribution == TORCH.distribution for m in missing):
+            report(_("Installing PyTorch..."))
+            slicer.app.processEvents()
+            failures += _installTorch()
+        for argument in pip_arguments(missing):
+            report(_("Installing {package}...").format(package=argument))
+            slicer.app.processEvents()
+            try:
+                slicer.util.pip_install(argument)
+            except Exception as err:  # noqa: BLE001 - every failure is reported below
+                failures.append(f"{argument}: {err}")
+    still = missing_requirements()
+    if still:
+        packages = "\n".join(m.describe() for m in still)
+        slicer.util.errorDisplay(
+            _(
+                "These packages could not be installed:\n{packages}\n\nRestart Slicer and try again, or "
+                "install them from the Python console with slicer.util.pip_install()."
+            ).format(packages=packages),
+            detailedText="\n".join(failures) or _("(pip reported no error)"),
+        )
+        report(_("Installing the Python packages failed."))
+        return False
+    _dependenciesReady = True
+    report(_("Python packages installed."))
+    return True
+
+
+def _installTorch() -> list:
+    """Install PyTorch through the PyTorch extension when present, else with pip; return the failures."""
+    from TextGuidedSegLogic.dependencies import TORCH
+
+    try:
+        import PyTorchUtils
+    except ImportError:
+        PyTorchUtils = None  # noqa: N806 - the module's own name
+    try:
+        if PyTorchUtils is not None:
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, torchVersionRequirement=f">={TORCH.minimum}"
+            )
+            return [] if torch is not None else [_("PyTorch: the PyTorch extension did not install it")]
+        logging.info("TextGuidedSeg: the PyTorch extension is not installed; installing torch with pip")
+        slicer.util.pip_install(TORCH.specifier)
+        return []
+    except Exception as err:  # noqa: BLE001 - reported to the user
+        return [f"{TORCH.specifier}: {err}"]
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class TextGuidedSegParameterNode:
+    """The panel's state, saved with the scene.
+
+    inputVolume: the CT to segment.
+    prompt: the structures to segment, as typed.
+    bundle: bundle folder or .zip, or registry ``name==version``.
+    device: "auto", "cpu" or "cuda".
+    overlap: sliding-window overlap; below 0 means the bundle's own.
+    threshold: probability threshold; 0 means the bundle's own.
+    largestComponent, splitLaterality: post-processing.
+    uncertainty: test-time flips with uncertainty volumes.
+    probabilityVolumes: write probability volumes.
+    outputSegmentation: the segmentation to write into; None creates one.
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    prompt: str = ""
+    bundle: str = DEFAULT_BUNDLE
+    device: str = "auto"
+    overlap: Annotated[float, WithinRange(-0.01, 0.95)] = -0.01
+    threshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
+    largestComponent: bool = False
+    splitLaterality: bool = False
+    uncertainty: bool = False
+    probabilityVolumes: bool = False
+    outputSegmentation: vtkMRMLSegmentationNode
+
+
+def optionsFromParameters(parameters: TextGuidedSegParameterNode) -> SegmentationOptions:
+    """The logic's options from the panel's parameters (special values mean "the bundle's own")."""
+    return SegmentationOptions(
+        device=parameters.device,
+        overlap=None if parameters.overlap < 0 else parameters.overlap,
+        threshold=None if parameters.threshold <= 0 else parameters.threshold,
+        largest_component=parameters.largestComponent,
+        split_laterality=parameters.splitLaterality,
+        uncertainty=parameters.uncertainty,
+        probability_volumes=parameters.probabilityVolumes,
+    )
+
+
+#
+# TextGuidedSegWidget
+#
+
+
+class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel (see ScriptedLoadableModuleWidget in Slicer's slicer/ScriptedLoadableModule.py)."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic: TextGuidedSegLogic | None = None
+        self._parameterNode: TextGuidedSegParameterNode | None = None
+        self._parameterNodeGuiTag = None
+        self._worker: Worker | None = None
+        self._job = None
+        self._updatingStructureList = False
+        self._vocabulary: list[str] = []
+        self._vocabularyBundle: str | None = None
+        self._bundleChoices: dict = {}
+        self._taxonomy = None
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollWorker)
+
+    # -- set-up ------------------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Build the panel from the .ui file and connect it (called once, when the module is first shown)."""
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/TextGuidedSeg.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = TextGuidedSegLogic()
+
+        self.completer = qt.QCompleter([], self.ui.promptLineEdit)
+        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self.completer.setWidget(self.ui.promptLineEdit)
+        self.completer.connect("activated(QString)", self.onCompletionChosen)
+        self.ui.promptLineEdit.connect("textEdited(QString)", self.onPromptEdited)
+        self.ui.promptLineEdit.connect("textChanged(QString)", self.onPromptChanged)
+        self.ui.promptLineEdit.connect("returnPressed()", self.onApplyButton)
+        self.ui.structureListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
+
+        for key, label in DEVICES:
+            self.ui.deviceComboBox.addItem(_(label), key)
+        self.ui.deviceComboBox.connect("currentIndexChanged(int)", self.onDeviceChanged)
+        self.ui.deviceInfoLabel.text = self._deviceInfo()
+        self.ui.bundleComboBox.connect("currentIndexChanged(int)", self.onBundleChanged)
+
+        browseMenu = qt.QMenu(self.ui.browseBundleButton)
+        browseMenu.addAction(_("Bundle folder...")).connect("triggered()", self.onImportBundleFolder)
+        browseMenu.addAction(_("Bundle .zip file...")).connect("triggered()", self.onImportBundleZip)
+        self.ui.browseBundleButton.setMenu(browseMenu)
+        self.ui.clearCacheButton.connect("clicked(bool)", self.onClearCache)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.outputSegmentationSelector.connect(
+            "currentNodeChanged(vtkMRMLNode*)", self.ui.segmentationShow3DButton.setSegmentationNode
+        )
+        self.ui.progressBar.hide()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.populateBundles()
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        """Called when the application closes: stop the job and drop observers."""
+        self._pollTimer.stop()
+        if self._worker is not None:
+            self._worker.cancel()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        """Called each time the user opens this module."""
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        """Called each time the user leaves this module: stop mirroring the parameter node."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+
+    def onSceneStartClose(self, caller, event) -> None:
+        """The scene is about to close: forget the parameter node."""
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        """The scene closed: make a new parameter node if the module is shown."""
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # -- parameter node ----------------------------------------------------------------------------------
+
+    def initializeParameterNode(self) -> None:
+        """Make sure the parameter node exists, holds the remembered settings and an input volume."""
+        parameterNode = self.logic.getParameterNode()
+        fresh = not parameterNode.GetParameterNames()
+        self.setParameterNode(TextGuidedSegParameterNode(parameterNode))
+        if fresh:
+            self._restoreSettings()
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume:
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode: TextGuidedSegParameterNode | None) -> None:
+        """Mirror ``inputParameterNode`` in the GUI (``connectGui`` for the simple widgets)."""
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode
+            )
+            self.updateGUIFromParameterNode()
+
+    def updateGUIFromParameterNode(self, caller=None, event=None) -> None:
+        """The widgets ``connectGui`` does not handle (bundle and device selectors) and the buttons."""
+        if self._parameterNode is None:
+            return
+        bundleIndex = self.ui.bundleComboBox.findData(self._parameterNode.bundle)
+        if bundleIndex < 0 and self._parameterNode.bundle:
+            self.ui.bundleComboBox.addItem(self._parameterNode.bundle, self._parameterNode.bundle)
+            bundleIndex = self.ui.bundleComboBox.count - 1
+        wasBlocked = self.ui.bundleComboBox.blockSignals(True)
+        self.ui.bundleComboBox.currentIndex = bundleIndex
+        self.ui.bundleComboBox.blockSignals(wasBlocked)
+        if self._parameterNode.bundle != self._vocabularyBundle:
+            self._setVocabulary(self._parameterNode.bundle)
+        wasBlocked = self.ui.deviceComboBox.blockSignals(True)
+        self.ui.deviceComboBox.currentIndex = max(
+            0, self.ui.deviceComboBox.findData(self._parameterNode.device)
+        )
+        self.ui.deviceComboBox.blockSignals(wasBlocked)
+        volume = self._parameterNode.inputVolume
+        if volume:
+            self.ui.outputSegmentationSelector.baseName = f"{volume.GetName()} segmentation"
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        running = self._worker is not None
+        ready = bool(
+            self._parameterNode and self._parameterNode.inputVolume and self._parameterNode.prompt.strip()
+        )
+        self.ui.applyButton.enabled = ready and not running
+        self.ui.applyButton.toolTip = (
+            _("Segment the prompt's structures") if ready else _("Select an input volume and type a prompt")
+        )
+        self.ui.cancelButton.enabled = running
+        for widget in (self.ui.bundleComboBox, self.ui.browseBundleButton, self.ui.clearCacheButton):
+            widget.enabled = not running
+
+    def _restoreSettings(self) -> None:
+        """Apply the settings remembered from earlier Slicer sessions to a new parameter node."""
+        settings = qt.QSettings()
+        for name in PERSISTENT_PARAMETERS:
+            key = f"{SETTINGS_GROUP}/{name}"
+            if not settings.contains(key):
+                continue
+            current = getattr(self._parameterNode, name)
+            value = settings.value(key)
+            try:
+                if isinstance(current, bool):
+                    value = str(value).lower() == "true"
+                else:
+                    value = type(current)(value)
+                setattr(self._parameterNode, name, value)
+            except (TypeError, ValueError) as err:
+                logging.warning("TextGuidedSeg: ignoring the remembered setting %s=%r (%s)", name, value, err)
+
+    def _saveSettings(self) -> None:
+        settings = qt.QSettings()
+        for name in PERSISTENT_PARAMETERS:
+            settings.setValue(f"{SETTINGS_GROUP}/{name}", getattr(self._parameterNode, name))
+
+    # -- bundles and devices -----------------------------------------------------------------------------
+
+    def populateBundles(self) -> None:
+        """Fill the bundle selector from the registry and the bundle cache."""
+        wasBlocked = self.ui.bundleComboBox.blockSignals(True)
+        self.ui.bundleComboBox.clear()
+        try:
+            choices = self.logic.bundle_choices()
+        except Exception as err:  # noqa: BLE001 - a broken registry must not break the panel
+            logging.exception("TextGuidedSeg: cannot read the bundle registry")
+            self.ui.statusLabel.text = _("Cannot read the bundle registry: {error}").format(error=err)
+            choices = []
+        self._bundleChoices = {choice.key: choice for choice in choices}
+        self._vocabularyBundle = None  # descriptions and vocabularies may have changed
+        for index, choice in enumerate(choices):
+            self.ui.bundleComboBox.addItem(choice.label, choice.key)
+            self.ui.bundleComboBox.setItemData(index, choice.description, qt.Qt.ToolTipRole)
+        self.ui.bundleComboBox.blockSignals(wasBlocked)
+        if self._parameterNode:
+            self.updateGUIFromParameterNode()
+
+    def onBundleChanged(self, index: int) -> None:
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.bundle = self.ui.bundleComboBox.itemData(index)
+
+    def onDeviceChanged(self, index: int) -> None:
+        if self._parameterNode is not None and index >= 0:
+            self._parameterNode.device = self.ui.deviceComboBox.itemData(index)
+
+    def _deviceInfo(self) -> str:
+        from TextGuidedSegLogic.dependencies import describe_devices
+
+        return describe_devices()
+
+    def _setVocabulary(self, bundle: str) -> None:
+        """Completion and the structure list for the chosen bundle."""
+        self._vocabularyBundle = bundle
+        choice = self._bundleChoices.get(bundle)
+        vocabulary = choice.vocabulary if choice else self.logic.vocabulary(bundle)
+        self.ui.bundleInfoLabel.text = choice.description.split("\n")[0] if choice else bundle
+        if vocabulary == self._vocabulary:
+            return
+        from TextGuidedSegLogic.prompts import vocabulary_taxonomy
+
+        self._vocabulary = vocabulary
+        self._taxonomy = vocabulary_taxonomy(vocabulary)
+        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
+        self._updatingStructureList = True
+        try:
+            self.ui.structureListWidget.clear()
+            for name in vocabulary:
+                item = qt.QListWidgetItem(name, self.ui.structureListWidget)
+                item.setFlags(item.flags() | qt.Qt.ItemIsUserCheckable)
+                item.setCheckState(qt.Qt.Unchecked)
+        finally:
+            self._updatingStructureList = False
+        self.onPromptChanged(self.ui.promptLineEdit.text)
+
+    def onImportBundleFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(
+            slicer.util.mainWindow(), _("Choose a TextGuidedSeg bundle folder")
+        )
+        if folder:
+            self._importBundle(folder)
+
+    def onImportBundleZip(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(
+            slicer.util.mainWindow(), _("Choose a TextGuidedSeg bundle .zip"), "", _("Bundle (*.zip)")
+        )
+        if path:
+            self._importBundle(path)
+
+    def _importBundle(self, source: str) -> None:
+        """Check a bundle and copy it into the bundle cache, then select it."""
+        if not ensureDependencies(self._showStatus):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not import the bundle."), waitCursor=True):
+            cached = self.logic.import_bundle(source)
+            self.populateBundles()
+            self._parameterNode.bundle = cached.key
+            self.ui.statusLabel.text = _("Imported bundle {name} {version} into {path}").format(
+                name=cached.name, version=cached.version, path=cached.path
+            )
+
+    def onClearCache(self) -> None:
+        if not slicer.util.confirmOkCancelDisplay(
+            _("Remove every downloaded and imported bundle from {folder}? Built-in bundles stay.").format(
+                folder=self.logic.store.root
+            ),
+            _("Clear the bundle cache"),
+        ):
+            return
+        with slicer.util.tryWithErrorDisplay(_("Could not clear the bundle cache."), waitCursor=True):
+            removed = self.logic.clear_cache()
+            self.populateBundles()
+            self.ui.statusLabel.text = _("Removed {count} bundle(s) from the cache.").format(count=removed)
+
+    # -- prompt, completion and the structure list -------------------------------------------------------
+
+    def onPromptEdited(self, text: str) -> None:
+        """Offer completion for the structure being typed (the fragment after the last separator)."""
+        from TextGuidedSegLogic.prompts import split_prompt_tail
+
+        _head, fragment = split_prompt_tail(text)
+        if len(fragment.strip()) < 1:
+            self.completer.popup().hide()
+            return
+        self.completer.setCompletionPrefix(fragment.strip())
+        if self.completer.completionCount() > 0:
+            self.completer.complete()
+        else:
+            self.completer.popup().hide()
+
+    def onCompletionChosen(self, choice: str) -> None:
+        from TextGuidedSegLogic.prompts import complete_prompt
+
+        self.ui.promptLineEdit.text = complete_prompt(self.ui.promptLineEdit.text, choice)
+
+    def onPromptChanged(self, text: str) -> None:
+        """Tick the structures the prompt names."""
+        from TextGuidedSegLogic.prompts import structures_in_prompt
+
+        named = {name.casefold() for name in structures_in_prompt(text, self._taxonomy)}
+        self._updatingStructureList = True
+        try:
+            for row in range(self.ui.structureListWidget.count):
+                item = self.ui.structureListWidget.item(row)
+                item.setCheckState(qt.Qt.Checked if item.text().casefold() in named else qt.Qt.Unchecked)
+        finally:
+            self._updatingStructureList = False
+        self._updateButtons()
+
+    def onStructureToggled(self, item) -> None:
+        """Add or remove a ticked structure in the prompt."""
+        if self._updatingStructureList:
+            return
+        from TextGuidedSegLogic.prompts import toggle_structure
+
+        checked = item.checkState() == qt.Qt.Checked
+        self.ui.promptLineEdit.text = toggle_structure(
+            self.ui.promptLineEdit.text, item.text(), checked, self._taxonomy
+        )
+
+    # -- apply, progress, cancel -------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        """Check dependencies, copy the inputs and start the worker thread."""
+        if self._worker is not None or not self.ui.applyButton.enabled:
+            return
+        if not ensureDependencies(self._showStatus):
+            return
+        parameters = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Cannot start the segmentation."), waitCursor=True):
+            self._job = self.logic.prepare_inputs(
+                parameters.inputVolume,
+                parameters.prompt,
+                parameters.bundle,
+                optionsFromParameters(parameters),
+            )
+            self._saveSettings()
+            job, logic = self._job, self.logic
+            self._worker = Worker(lambda progress, cancel: logic.run(job, progress, cancel))
+            self._worker.start()
+            self._pollTimer.start()
+            self.ui.progressBar.show()
+            self.ui.progressBar.setRange(0, 0)
+            self.ui.statusLabel.text = _("Starting...")
+            self._updateButtons()
+
+    def _showStatus(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+
+    def onCancelButton(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self.ui.cancelButton.enabled = False
+
+    def onPollWorker(self) -> None:
+        """Runs every 50 ms while a job runs: show progress, write results when it ends."""
+        if self._worker is None:
+            self._pollTimer.stop()
+            return
+        for event in self._worker.poll(GIL_YIELD_SECONDS):
+            if event.kind == "progress":
+                self._showProgress(event.stage, event.done, event.total)
+            elif event.kind == "done":
+                self._finish()
+                self._writeResults(event.result)
+            elif event.kind == "cancelled":
+                self._finish()
+                self.ui.statusLabel.text = _("Cancelled: nothing was written.")
+            elif event.kind == "error":
+                self._finish()
+                self.ui.statusLabel.text = _("Failed: {error}").format(error=event.error)
+                slicer.util.errorDisplay(
+                    _("Segmentation failed: {error}").format(error=event.error), detailedText=event.details
+                )
+
+    def _showProgress(self, stage: str, done: int, total: int | None) -> None:
+        text = _(STAGE_TEXT.get(stage, stage))
+        if total:
+            self.ui.progressBar.setRange(0, int(total))
+            self.ui.progressBar.value = min(int(done), int(total))
+            if stage == "download":
+                text += f" ({done / 2**20:.0f} / {total / 2**20:.0f} MB)"
+            else:
+                text += f" ({done} / {total} windows)"
+        else:
+            self.ui.progressBar.setRange(0, 0)  # busy indicator
+        self.ui.statusLabel.text = text + "..."
+
+    def _finish(self) -> None:
+        self._pollTimer.stop()
+        self._worker = None
+        self.ui.progressBar.hide()
+        self.ui.deviceInfoLabel.text = self._deviceInfo()
+        self.populateBundles()  # a download may have made a bundle available
+        self._updateButtons()
+
+    def _writeResults(self, output) -> None:
+        """Write the finished job into the scene (main thread); confirm replacing segments first."""
+        segmentationNode = self._parameterNode.outputSegmentation
+        conflicts = self.logic.conflicting_segment_names(segmentationNode, output)
+        replace = False
+        if conflicts:
+            replace = slicer.util.confirmYesNoDisplay(
+                _("{segmentation} already has the segment(s) {names}. Replace them?").format(
+                    segmentation=segmentationNode.GetName(), names=", ".join(conflicts)
+                ),
+                _("Replace segments"),
+            )
+            if not replace:
+                self.ui.statusLabel.text = _(
+                    "Not written: choose another output segmentation or allow replacing."
+                )
+                return
+        volumeNode = slicer.mrmlScene.GetNodeByID(output.job.volume_node_id)
+        with slicer.util.tryWithErrorDisplay(_("Could not write the segmentation."), waitCursor=True):
+            outputs = self.logic.write_results(output, volumeNode, segmentationNode, replace_existing=replace)
+            self._parameterNode.outputSegmentation = outputs.segmentation_node
+            if outputs.table_node is not None:
+                self.ui.resultsTableView.setMRMLTableNode(outputs.table_node)
+            slicer.util.setSliceViewerLayers(background=volumeNode)
+            summary = ", ".join(f"{s.name} {s.volume_ml:.1f} mL" for s in output.result.segments)
+            self.ui.statusLabel.text = _("Done in {seconds:.1f} s with {bundle}{reused}: {summary}").format(
+                seconds=output.seconds,
+                bundle=output.bundle_name,
+                reused=_(" (encoded volume reused)") if output.reused_encoding else "",
+                summary=summary,
+            )
+
+
+#
+# TextGuidedSegTest
+#
+
+
+class TextGuidedSegTest(ScriptedLoadableModuleTest):
+    """In-Slicer self-test: the panel's logic on a phantom with the demo bundle, Dice per structure.
+
+    Run it from the Self Tests module, with ``Slicer --testing --python-code "..."`` (see the README) or with
+    ctest in a build tree.
+    """
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        self.setUp()
+        self.test_PhantomDice()
+        self.setUp()
+        self.test_PanelApply()
+
+    def _demoBundle(self):
+        """The demo bundle's path; the Python packages must be installed (open the module, Apply once)."""
+        from TextGuidedSegLogic.dependencies import missing_requirements
+
+        missing = [m.describe() for m in missing_requirements()]
+        self.assertEqual(
+            missing, [], "install the Python packages first: open the module and press Apply once"
+        )
+        from TextGuidedSegLib.registry import BundleStore
+
+        store = BundleStore()
+        entry = store.entry(DEFAULT_BUNDLE)
+        path = store.path(entry)
+        if path is None:
+            self.skipTest(f"the demo bundle {entry.key} is not installed with this build")
+        return path
+
+    def test_PhantomDice(self) -> None:
+        """The logic segments a phantom with the demo bundle: Dice per structure above the demo's floor."""
+        self.delayDisplay("Segmenting a phantom with the demo bundle")
+        from TextGuidedSegLogic.selftest import MIN_DICE, dice, phantom_volume_node, truth_mask
+
+        from TextGuidedSegLib.bundle import load_bundle
+
+        bundlePath = self._demoBundle()
+        spacing = load_bundle(bundlePath).config.preprocessing.spacing
+        volumeNode, phantom = phantom_volume_node(seed=300, spacing=spacing)
+        voxelsBefore = slicer.util.arrayFromVolume(volumeNode).copy()
+        logic = TextGuidedSegLogic()
+        outputs = logic.segment(volumeNode, "liver, spleen and both kidneys", bundle=str(bundlePath))
+        segmentation = outputs.segmentation_node.GetSegmentation()
+        self.assertEqual(
+            [segmentation.GetSegment(s).GetName() for s in outputs.segment_ids],
+            ["Liver", "Spleen", "Right Kidney", "Left Kidney"],
+        )
+        for segmentId, info in zip(outputs.segment_ids, outputs.output.result.segments, strict=True):
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(
+                outputs.segmentation_node, segmentId, volumeNode
+            )
+            score = dice(mask.transpose(2, 1, 0), truth_mask(phantom, info.class_name))
+            logging.info("TextGuidedSeg self-test: %s Dice %.3f", info.name, score)
+            self.assertGreaterEqual(score, MIN_DICE[info.class_name], info.name)
+        self.assertTrue((slicer.util.arrayFromVolume(volumeNode) == voxelsBefore).all())
+        self.assertEqual(outputs.table_node.GetTable().GetNumberOfRows(), 4)
+        # re-prompting the same volume reuses the encoded volume
+        again = logic.segment(
+            volumeNode,
+            "spleen",
+            bundle=str(bundlePath),
+            segmentation_node=outputs.segmentation_node,
+            replace_existing=True,
+        )
+        self.assertTrue(again.output.reused_encoding)
+        self.assertEqual(logic.encode_count, 1)
+        self.delayDisplay("Phantom test passed")
+
+    def test_PanelApply(self) -> None:
+        """The panel: type a prompt, press Apply, wait for the worker, check the segments and the table."""
+        self.delayDisplay("Driving the panel")
+        from TextGuidedSegLogic.selftest import MIN_DICE, dice, phantom_volume_node, truth_mask
+
+        bundlePath = self._demoBundle()
+        from TextGuidedSegLib.bundle import load_bundle
+
+        spacing = load_bundle(bundlePath).config.preprocessing.spacing
+        volumeNode, phantom = phantom_volume_node(seed=301, spacing=spacing)
+        slicer.util.selectModule("TextGuidedSeg")
+        widget = slicer.modules.textguidedseg.widgetRepresentation().self()
+        widget.ui.inputVolumeSelector.setCurrentNode(volumeNode)
+        widget.ui.bundleComboBox.currentIndex = widget.ui.bundleComboBox.findData(
+            widget.logic.store.entry(DEFAULT_BUNDLE).key
+        )
+        widget.ui.promptLineEdit.text = "liver and spleen"
+        ticked = [
+            widget.ui.structureListWidget.item(r).text()
+            for r in range(widget.ui.structureListWidget.count)
+            if widget.ui.structureListWidget.item(r).checkState() == qt.Qt.Checked
+        ]
+        self.assertEqual(ticked, ["Liver", "Spleen"])
+        widget.ui.outputSegmentationSelector.setCurrentNode(None)
+        self.assertTrue(widget.ui.applyButton.enabled)
+        widget.ui.applyButton.click()
+        for _step in range(6000):  # up to 10 minutes on a slow CPU
+            if widget._worker is None:
+                break
+            slicer.app.processEvents()
+            time.sleep(0.1)  # releases the GIL to the worker thread
+        self.assertIsNone(widget._worker, "the panel's job did not finish")
+        segmentationNode = widget.ui.outputSegmentationSelector.currentNode()
+        self.assertIsNotNone(segmentationNode, widget.ui.statusLabel.text)
+        segmentation = segmentationNode.GetSegmentation()
+        self.assertEqual(segmentation.GetNumberOfSegments(), 2)
+        for index, className in enumerate(("liver", "spleen")):
+            segmentId = segmentation.GetNthSegmentID(index)
+            mask = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, segmentId, volumeNode)
+            self.assertGreaterEqual(
+                dice(mask.transpose(2, 1, 0), truth_mask(phantom, className)), MIN_DICE[className]
+            )
+        self.assertEqual(widget.ui.resultsTableView.mrmlTableNode().GetTable().GetNumberOfRows(), 2)
+        self.delayDisplay("Panel test passed")

@@ -1,0 +1,116 @@
+"""Prompt editing for the panel: completion of the structure being typed, and the checkable structure list.
+
+The prompt field is the one source of truth. Completion replaces the fragment after the last separator;
+ticking or unticking a structure in the list rewrites the prompt as the structures it names, in order;
+the list's ticks follow the prompt as the library parses it ("both kidneys" ticks Right Kidney and Left
+Kidney). No Qt here: the widget calls these functions from its slots.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from TextGuidedSegLib.taxonomy import Taxonomy
+
+# The separators of the library's prompt parser: , ; & + / | . : newlines and the words "and" and "plus".
+_SEPARATOR = re.compile(r"\s*(?:[,;&+/|.:\n]|\band\b|\bplus\b)\s*", re.IGNORECASE)
+
+
+def split_prompt_tail(text: str) -> tuple[str, str]:
+    """Split ``text`` into (everything up to the last separator, the fragment being typed).
+
+    Example: ``"liver, right kid"`` -> ``("liver, ", "right kid")``.
+    """
+    matches = list(_SEPARATOR.finditer(text))
+    if not matches:
+        return "", text.lstrip()
+    end = matches[-1].end()
+    head = text[:end]
+    if not head.endswith(" ") and head.rstrip()[-1:] in ",;&+/|.:":
+        head += " "
+    return head, text[end:]
+
+
+def complete_prompt(text: str, choice: str) -> str:
+    """``text`` with its last fragment replaced by the chosen structure name."""
+    head, _ = split_prompt_tail(text)
+    return head + choice
+
+
+def prompt_fragments(text: str) -> list[str]:
+    """The non-empty fragments of a prompt between separators."""
+    return [part.strip() for part in _SEPARATOR.split(text) if part and part.strip()]
+
+
+def structures_in_prompt(text: str, taxonomy: Taxonomy | None) -> list[str]:
+    """Display names of the taxonomy structures a prompt names, in prompt order (no duplicates).
+
+    Text the parser does not know is ignored here (it may be a free-text query); with no taxonomy, the
+    fragments that equal a structure name are not known either, so nothing is ticked.
+    """
+    if taxonomy is None or not text.strip():
+        return []
+    from TextGuidedSegLib.taxonomy import PromptError, parse_prompt
+
+    try:
+        queries = parse_prompt(text, taxonomy, allow_free_text=True)
+    except PromptError:
+        return []
+    names = [q.structure.name for q in queries if q.structure is not None]
+    return list(dict.fromkeys(names))
+
+
+def toggle_structure(text: str, name: str, checked: bool, taxonomy: Taxonomy | None) -> str:
+    """The prompt after ticking (``checked``) or unticking the structure ``name`` in the list.
+
+    The prompt is rewritten as its structures' names (and any free text, as typed), comma-separated.
+    """
+    parts = _prompt_parts(text, taxonomy)
+    folded = [p.casefold() for p in parts]
+    if checked and name.casefold() not in folded:
+        parts.append(name)
+    if not checked:
+        parts = [p for p in parts if p.casefold() != name.casefold()]
+    return ", ".join(parts)
+
+
+def _prompt_parts(text: str, taxonomy: Taxonomy | None) -> list[str]:
+    """The prompt as a list of structure names and free-text fragments, in order."""
+    if taxonomy is None:
+        return prompt_fragments(text)
+    from TextGuidedSegLib.taxonomy import PromptError, parse_prompt
+
+    try:
+        queries = parse_prompt(text, taxonomy, allow_free_text=True)
+    except PromptError:
+        return prompt_fragments(text)
+    parts = [q.structure.name if q.structure is not None else q.text for q in queries]
+    return list(dict.fromkeys(parts))
+
+
+def completion_candidates(vocabulary: Sequence[str], fragment: str) -> list[str]:
+    """Vocabulary entries matching a typed fragment: prefix matches first, then other substring matches."""
+    wanted = fragment.strip().casefold()
+    if not wanted:
+        return list(vocabulary)
+    prefix = [v for v in vocabulary if v.casefold().startswith(wanted)]
+    inside = [v for v in vocabulary if wanted in v.casefold() and v not in prefix]
+    return prefix + inside
+
+
+def vocabulary_taxonomy(names: Sequence[str]) -> Taxonomy | None:
+    """The library taxonomy restricted to ``names`` (display names), for parsing prompts against a bundle's
+    vocabulary before the bundle is loaded; None when a name is not a known structure."""
+    if not names:
+        return None
+    from TextGuidedSegLib.taxonomy import get_taxonomy
+
+    taxonomy = get_taxonomy()
+    by_name = {s.name.casefold(): s.class_name for s in taxonomy}
+    class_names = [by_name.get(name.casefold()) for name in names]
+    if None in class_names:
+        return None
+    return taxonomy.subset(class_names)

@@ -1,0 +1,314 @@
+"""The "Text prompt" Segment Editor effect: fill segments from a text prompt with a TextGuidedSeg bundle.
+
+One structure fills the selected segment (or a new one when none is selected); several structures create or
+update one segment each, named, coloured and terminology-coded. Writes go through the editor's
+``modifySegmentByLabelmap``, so the editable area and the overwrite setting apply, and each Apply can be
+undone (``saveStateForUndo`` before writing). Inference runs in a worker thread with the module's Qt-free
+logic; the encoded source volume is kept while the source volume is unchanged, so re-prompting is quick.
+"""
+
+import logging
+import os
+
+import qt
+import slicer
+from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
+
+POLL_INTERVAL_MS = 50
+GIL_YIELD_SECONDS = 0.015  # each poll releases the GIL this long to the worker thread (see worker.py)
+
+_logic = None
+
+
+def sharedLogic():
+    """One logic for every Segment Editor (keeps the encoded source volume between Applies)."""
+    global _logic
+    if _logic is None:
+        from TextGuidedSegLogic import TextGuidedSegLogic
+
+        _logic = TextGuidedSegLogic()
+    return _logic
+
+
+class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
+    """Fill segments from a text prompt."""
+
+    def __init__(self, scriptedEffect) -> None:
+        scriptedEffect.name = "Text prompt"  # the key of setActiveEffectByName("Text prompt")
+        if hasattr(scriptedEffect, "title"):
+            scriptedEffect.title = "Text prompt"
+        scriptedEffect.perSegment = False  # several structures make several segments
+        scriptedEffect.requireSegments = False  # an empty segmentation is fine: segments are created
+        AbstractScriptedSegmentEditorEffect.__init__(self, scriptedEffect)
+        self._worker = None
+        self._job = None
+        self._choices = {}
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self.onPollWorker)
+
+    @property
+    def logic(self):
+        """The logic shared by every Segment Editor (it keeps the encoded source volume)."""
+        return sharedLogic()
+
+    def clone(self):
+        import qSlicerSegmentationsEditorEffectsPythonQt as effects
+
+        clonedEffect = effects.qSlicerSegmentEditorScriptedEffect(None)
+        clonedEffect.setPythonSource(__file__.replace("\\", "/"))
+        return clonedEffect
+
+    def icon(self):
+        iconPath = os.path.join(os.path.dirname(__file__), "SegmentEditorEffect.png")
+        return qt.QIcon(iconPath) if os.path.exists(iconPath) else qt.QIcon()
+
+    def helpText(self) -> str:
+        return (
+            "<html>Segment structures named in a text prompt, e.g. <i>liver</i> or <i>spleen and both "
+            "kidneys</i>.<p>One structure fills the selected segment (a new segment when none is selected); "
+            "several structures create one segment each, with names, colours and terminology codes. The "
+            "editable area and the overwrite setting of the masking section apply. Undo reverts an Apply."
+            "<p>The first Apply may install Python packages and load the model; later prompts on the same "
+            "source volume reuse its encoding.</html>"
+        )
+
+    # -- options --------------------------------------------------------------------------------------
+
+    def setupOptionsFrame(self) -> None:
+        self.promptLineEdit = qt.QLineEdit()
+        self.promptLineEdit.placeholderText = "e.g. liver, or spleen and both kidneys"
+        self.promptLineEdit.toolTip = "Structures to segment, separated by commas or 'and'."
+        self.scriptedEffect.addLabeledOptionsWidget("Prompt:", self.promptLineEdit)
+        self.completer = qt.QCompleter([], self.promptLineEdit)
+        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self.completer.setWidget(self.promptLineEdit)
+        self.completer.connect("activated(QString)", self.onCompletionChosen)
+        self.promptLineEdit.connect("textEdited(QString)", self.onPromptEdited)
+        self.promptLineEdit.connect("textChanged(QString)", self.updateMRMLFromGUI)
+        self.promptLineEdit.connect("returnPressed()", self.onApply)
+
+        self.bundleComboBox = qt.QComboBox()
+        self.bundleComboBox.toolTip = (
+            "Model bundle (the TextGuidedSeg module's registry and imported bundles)."
+        )
+        self.scriptedEffect.addLabeledOptionsWidget("Bundle:", self.bundleComboBox)
+        self.bundleComboBox.connect("currentIndexChanged(int)", self.updateMRMLFromGUI)
+
+        self.applyButton = qt.QPushButton("Apply")
+        self.applyButton.objectName = self.__class__.__name__ + "Apply"
+        self.applyButton.toolTip = "Segment the prompt's structures into the segmentation."
+        self.cancelButton = qt.QPushButton("Cancel")
+        self.cancelButton.enabled = False
+        buttons = qt.QHBoxLayout()
+        buttons.addWidget(self.applyButton)
+        buttons.addWidget(self.cancelButton)
+        self.scriptedEffect.addOptionsWidget(buttons)
+        self.applyButton.connect("clicked()", self.onApply)
+        self.cancelButton.connect("clicked()", self.onCancel)
+
+        self.progressBar = qt.QProgressBar()
+        self.progressBar.hide()
+        self.scriptedEffect.addOptionsWidget(self.progressBar)
+        self.statusLabel = qt.QLabel()
+        self.statusLabel.wordWrap = True
+        self.scriptedEffect.addOptionsWidget(self.statusLabel)
+        self.populateBundles()
+
+    def createCursor(self, widget):
+        return slicer.util.mainWindow().cursor
+
+    def setMRMLDefaults(self) -> None:
+        from TextGuidedSegLogic import DEFAULT_BUNDLE
+
+        self.scriptedEffect.setParameterDefault("Prompt", "")
+        self.scriptedEffect.setParameterDefault("Bundle", DEFAULT_BUNDLE)
+
+    def updateGUIFromMRML(self) -> None:
+        prompt = (
+            self.scriptedEffect.parameter("Prompt") if self.scriptedEffect.parameterDefined("Prompt") else ""
+        )
+        if self.promptLineEdit.text != prompt:
+            wasBlocked = self.promptLineEdit.blockSignals(True)
+            self.promptLineEdit.text = prompt
+            self.promptLineEdit.blockSignals(wasBlocked)
+        bundle = (
+            self.scriptedEffect.parameter("Bundle") if self.scriptedEffect.parameterDefined("Bundle") else ""
+        )
+        index = self.bundleComboBox.findData(bundle)
+        if index < 0 and bundle:
+            self.bundleComboBox.addItem(bundle, bundle)
+            index = self.bundleComboBox.count - 1
+        wasBlocked = self.bundleComboBox.blockSignals(True)
+        self.bundleComboBox.currentIndex = index
+        self.bundleComboBox.blockSignals(wasBlocked)
+        self._setVocabulary(bundle)
+        self._updateButtons()
+
+    def updateMRMLFromGUI(self, *args) -> None:
+        self.scriptedEffect.setParameter("Prompt", self.promptLineEdit.text)
+        if self.bundleComboBox.currentIndex >= 0:
+            self.scriptedEffect.setParameter("Bundle", self.bundleComboBox.currentData)
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        running = self._worker is not None
+        self.applyButton.enabled = not running and bool(self.promptLineEdit.text.strip())
+        self.cancelButton.enabled = running
+        self.bundleComboBox.enabled = not running
+
+    def populateBundles(self) -> None:
+        wasBlocked = self.bundleComboBox.blockSignals(True)
+        self.bundleComboBox.clear()
+        self._choices = {}
+        try:
+            for choice in sharedLogic().bundle_choices():
+                self._choices[choice.key] = choice
+                self.bundleComboBox.addItem(choice.label, choice.key)
+        except Exception:  # noqa: BLE001 - a broken registry must not break the editor
+            logging.exception("Text prompt effect: cannot read the bundle registry")
+        self.bundleComboBox.blockSignals(wasBlocked)
+
+    def _setVocabulary(self, bundle: str) -> None:
+        choice = self._choices.get(bundle)
+        vocabulary = choice.vocabulary if choice else []
+        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
+
+    def onPromptEdited(self, text: str) -> None:
+        from TextGuidedSegLogic.prompts import split_prompt_tail
+
+        _head, fragment = split_prompt_tail(text)
+        if not fragment.strip():
+            self.completer.popup().hide()
+            return
+        self.completer.setCompletionPrefix(fragment.strip())
+        if self.completer.completionCount() > 0:
+            self.completer.complete()
+        else:
+            self.completer.popup().hide()
+
+    def onCompletionChosen(self, choice: str) -> None:
+        from TextGuidedSegLogic.prompts import complete_prompt
+
+        self.promptLineEdit.text = complete_prompt(self.promptLineEdit.text, choice)
+
+    # -- apply ----------------------------------------------------------------------------------------
+
+    def onApply(self) -> None:
+        """Start the inference in a worker thread; the segments are written when it ends."""
+        if self._worker is not None or not self.promptLineEdit.text.strip():
+            return
+        import TextGuidedSeg
+
+        if not TextGuidedSeg.ensureDependencies(self._showStatus):
+            return
+        from TextGuidedSegLogic import SegmentationOptions, Worker
+
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        sourceVolumeNode = self._sourceVolumeNode(parameterSetNode)
+        if sourceVolumeNode is None:
+            self._showStatus("Select a source volume first.")
+            return
+        logic = self.logic
+        device = str(qt.QSettings().value("TextGuidedSeg/device", "auto"))
+        with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
+            self._job = logic.prepare_image_inputs(
+                self._sourceImage(),
+                sourceVolumeNode,
+                self.promptLineEdit.text,
+                self.scriptedEffect.parameter("Bundle"),
+                SegmentationOptions(device=device, results_table=False),
+            )
+            job = self._job
+            self._worker = Worker(lambda progress, cancel: logic.run(job, progress, cancel))
+            self._worker.start()
+            self._pollTimer.start()
+            self.progressBar.setRange(0, 0)
+            self.progressBar.show()
+            self._showStatus("Starting...")
+            self._updateButtons()
+
+    def onCancel(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            self._showStatus("Cancelling...")
+
+    def onPollWorker(self) -> None:
+        if self._worker is None:
+            self._pollTimer.stop()
+            return
+        for event in self._worker.poll(GIL_YIELD_SECONDS):
+            if event.kind == "progress":
+                if event.total:
+                    self.progressBar.setRange(0, int(event.total))
+                    self.progressBar.value = min(int(event.done), int(event.total))
+                else:
+                    self.progressBar.setRange(0, 0)
+                self._showStatus(f"{event.stage.capitalize()}...")
+            elif event.kind in ("done", "cancelled", "error"):
+                self._pollTimer.stop()
+                self._worker = None
+                self.progressBar.hide()
+                self._updateButtons()
+                if event.kind == "done":
+                    self._write(event.result)
+                elif event.kind == "cancelled":
+                    self._showStatus("Cancelled: nothing was changed.")
+                else:
+                    self._showStatus(f"Failed: {event.error}")
+                    slicer.util.errorDisplay(f"Text prompt failed: {event.error}", detailedText=event.details)
+
+    def _write(self, output) -> None:
+        """Write the result through the editor (masking applies), after an undo snapshot."""
+        from TextGuidedSegLogic.nodes import oriented_image_fingerprint
+        from TextGuidedSegLogic.segments import write_segments
+
+        parameterSetNode = self.scriptedEffect.parameterSetNode()
+        segmentationNode = parameterSetNode.GetSegmentationNode()
+        sourceVolumeNode = self._sourceVolumeNode(parameterSetNode)
+        if (
+            segmentationNode is None
+            or oriented_image_fingerprint(self._sourceImage(), sourceVolumeNode) != output.job.fingerprint
+        ):
+            self._showStatus("The source volume or segmentation changed while segmenting: apply again.")
+            return
+        modificationMode = slicer.qSlicerSegmentEditorAbstractEffect.ModificationModeSet
+
+        def modify(segmentId, labelmap) -> None:
+            self.scriptedEffect.modifySegmentByLabelmap(
+                segmentationNode, segmentId, labelmap, modificationMode
+            )
+
+        with slicer.util.tryWithErrorDisplay("Could not write the segments.", waitCursor=True):
+            self.scriptedEffect.saveStateForUndo()
+            segmentIds = write_segments(
+                segmentationNode,
+                output.result.labels,
+                output.result.segments,
+                output.job.volume.affine,
+                modify,
+                selected_segment_id=parameterSetNode.GetSelectedSegmentID() or None,
+                extent_start=output.job.extent_start,
+            )
+            if len(segmentIds) == 1:
+                parameterSetNode.SetSelectedSegmentID(segmentIds[0])
+            summary = ", ".join(f"{s.name} {s.volume_ml:.1f} mL" for s in output.result.segments)
+            reused = " (encoded volume reused)" if output.reused_encoding else ""
+            self._showStatus(f"Done in {output.seconds:.1f} s{reused}: {summary}")
+
+    # -- helpers --------------------------------------------------------------------------------------
+
+    def _showStatus(self, text: str) -> None:
+        self.statusLabel.text = text
+
+    @staticmethod
+    def _sourceVolumeNode(parameterSetNode):
+        if hasattr(parameterSetNode, "GetSourceVolumeNode"):
+            return parameterSetNode.GetSourceVolumeNode()
+        return parameterSetNode.GetMasterVolumeNode()  # Slicer < 5.2
+
+    def _sourceImage(self):
+        """The source volume resampled to the segmentation's geometry (what the segments are written on)."""
+        if hasattr(self.scriptedEffect, "sourceVolumeImageData"):
+            return self.scriptedEffect.sourceVolumeImageData()
+        return self.scriptedEffect.masterVolumeImageData()  # Slicer < 5.2
