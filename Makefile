@@ -32,6 +32,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) Testing/bench/bench_forward.py
+	$(PY) Testing/bench/bench_clipseg_cache.py --size moderate --steps 8
 
 demo: $(STAMP)
 	$(VENV)/bin/textguidedseg demo -o $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)")

@@ -14,6 +14,10 @@ Sub-packages, one concern each:
 - ``inference``: geometry (orientation, spacing, back-resampling), intensity windowing, sliding-window
   prediction and post-processing.
 - ``bundle``: a trained model as a folder or .zip (config JSON + safetensors weights + embedding cache).
+- ``data``, ``training``, ``evaluation``: list files and label transfer, the DDP trainer, Dice/NSD reports.
+- ``clipseg``: CLIPSeg on 2D slices (fine-tuning strategies, frozen-encoder cache, benchmark) and its 2D->3D
+  engine, so CLIPSeg bundles segment volumes through the same ``Segmenter``.
+- ``registry``: the bundle registry and per-user cache (downloads, offline import).
 - ``cli``: the ``textguidedseg`` command.
 
 Glossary (one name for one thing, in code, config keys, CLI flags and docs):

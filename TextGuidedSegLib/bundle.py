@@ -10,11 +10,16 @@ A bundle folder holds::
 
 Loading builds the model from ``config.json`` alone, checks every file against its sha256 and every weight
 against the model's state dict, and fails with the offending file or key named.
+
+Architectures outside ``TextGuidedSegLib.models`` (:data:`EXTERNAL_ARCHITECTURES`, e.g. ``clipseg``) keep
+their own weight files (written by the model's ``save_bundle_weights(folder)``) and are rebuilt by their
+module; config, checksums and embedding cache work as for every bundle.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import logging
 import os
@@ -41,8 +46,21 @@ CACHE_DIR = "text_cache"
 GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
 
 
+#: Architectures served by another package: architecture -> module exposing ``model_config_from_dict(data)``
+#: and ``load_bundle_model(folder, model_config, source)``; their models write their own weight files with
+#: ``save_bundle_weights(folder)``.
+EXTERNAL_ARCHITECTURES: dict[str, str] = {"clipseg": "TextGuidedSegLib.clipseg.volume"}
+
+
 class BundleError(ValueError):
     """A bundle cannot be read or does not match its own description; the message names the file or key."""
+
+
+def _external_module(architecture: Any) -> Any:
+    """The module serving an external architecture, or None for the library's own models."""
+    if not isinstance(architecture, str) or architecture not in EXTERNAL_ARCHITECTURES:
+        return None
+    return importlib.import_module(EXTERNAL_ARCHITECTURES[architecture])
 
 
 def _tuple3(value: Any, name: str) -> tuple[float, float, float] | tuple[int, int, int]:
@@ -190,7 +208,11 @@ class BundleConfig:
             data["taxonomy"] = (
                 get_taxonomy(taxonomy) if isinstance(taxonomy, str) else Taxonomy.from_dict(taxonomy)
             )
-            data["model"] = ModelConfig.from_dict(data["model"])
+            model = data["model"]
+            external = _external_module(model.get("architecture")) if isinstance(model, dict) else None
+            data["model"] = (
+                external.model_config_from_dict(model) if external else ModelConfig.from_dict(model)
+            )
             if data.get("text_encoder") is not None:
                 data["text_encoder"] = TextEncoderSpec.from_dict(data["text_encoder"])
             data["preprocessing"] = _section(PreprocessConfig, data.get("preprocessing", {}), "preprocessing")
@@ -258,8 +280,14 @@ def _write_bundle_folder(
     folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache
 ) -> None:
     """Write the bundle files into an existing empty ``folder`` (config last, with checksums)."""
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _is_derived(k)}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
+    save_weights = getattr(model, "save_bundle_weights", None)
+    if callable(save_weights):  # an external architecture writes its own weight files
+        save_weights(folder)
+    else:
+        state = {
+            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _is_derived(k)
+        }
+        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
     cache.save(folder / CACHE_DIR)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     checksums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
@@ -431,8 +459,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         config, checksums = _read_config(folder, source)
         if verify:
             _verify_checksums(folder, checksums, source)
-        model = build_model(config.model)
-        _load_weights(model, folder / WEIGHTS_FILE, source)
+        external = _external_module(config.model.architecture)
+        if external is not None:
+            model = external.load_bundle_model(folder, config.model, source)
+        else:
+            model = build_model(config.model)
+            _load_weights(model, folder / WEIGHTS_FILE, source)
         model.eval()
         cache_dir = folder / CACHE_DIR
         try:

@@ -351,6 +351,10 @@ class Segmenter:
             return self.model(window, batch_text, batch_indices)
 
         amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
+        if getattr(self.model, "predicts_volume", False):
+            # 2D models (CLIPSeg bundles) segment the whole volume, slice by slice, in one call
+            with torch.inference_mode(), amp:
+                return predictor(image.to(self.device)).float()
         with torch.inference_mode(), amp:
             logits = sliding_window_inference(
                 image.to(self.device),
@@ -421,7 +425,9 @@ class Segmenter:
             volume.spacing,
             [q.name for q in queries],
         )
-        total = count_windows(prepared.image.shape[2:], self.bundle.config.inference.roi_size, self.overlap)
+        roi_size = self.bundle.config.inference.roi_size
+        whole_volume = getattr(self.model, "predicts_volume", False)  # one call for the whole volume
+        total = 1 if whole_volume else count_windows(prepared.image.shape[2:], roi_size, self.overlap)
         total *= len(_TTA_FLIPS) if self.flip_tta else 1
         done = 0
 

@@ -23,9 +23,10 @@ import dataclasses
 import re
 import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -43,7 +44,10 @@ __all__ = [
     "OptimConfig",
     "TextConfig",
     "TrainConfig",
+    "apply_dataclass_overrides",
+    "dataclass_from_dict",
     "load_config",
+    "load_dataclass_config",
     "parse_overrides",
 ]
 
@@ -56,6 +60,7 @@ TEXT_SOURCES: tuple[str, ...] = ("cache", "synthetic")
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
 #: The taxonomy the label transfer writes (channel ``c - 1`` is its label id ``c``).
 TRAINING_TAXONOMY = "universal32"
+_C = TypeVar("_C")
 #: A float literal YAML 1.1 leaves as a string (``1e-3``: no dot before the exponent).
 _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
@@ -335,6 +340,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         ConfigError: unknown keys, wrong types or invalid values, naming the key and its source.
         FileNotFoundError: ``path`` does not exist.
     """
+    return load_dataclass_config(TrainConfig, path, overrides)
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """Return a new config with ``--key=value`` overrides applied (see ``load_config``)."""
+    return apply_dataclass_overrides(config, overrides)
+
+
+def load_dataclass_config(cls: type[_C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> _C:
+    """:func:`load_config` for any config dataclass (nested dataclass fields are sections): defaults <- YAML
+    file <- ``--key=value`` overrides, with the same type checks and messages (e.g. the CLIPSeg trainer's)."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -348,23 +364,29 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             )
         data = loaded or {}
         source = str(path)
-    config = TrainConfig.from_dict(data, source=source)
-    return apply_overrides(config, overrides)
+    config = _build(cls, data, prefix="", source=source)
+    return apply_dataclass_overrides(config, overrides)
 
 
-def apply_overrides(config: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Return a new config with ``--key=value`` overrides applied (see ``load_config``)."""
-    data = config.to_dict()
-    for key, value in parse_overrides(overrides):
+def apply_dataclass_overrides(config: _C, overrides: Sequence[str]) -> _C:
+    """A new config dataclass with ``--key=value`` overrides applied (see :func:`load_dataclass_config`)."""
+    cls = type(config)
+    data = _plain(dataclasses.asdict(config))
+    for key, value in parse_overrides(list(overrides)):
         section = data
         parts = key.split(".")
-        _check_path(TrainConfig, parts, source=f"--{key}")
+        _check_path(cls, parts, source=f"--{key}")
         for part in parts[:-1]:
             section = section[part]
         section[parts[-1]] = value
         # check each override's type right away, so the message names the override
-        _build(TrainConfig, data, prefix="", source=f"--{key}={_short(value)}", check_only=parts)
-    return TrainConfig.from_dict(data, source="overrides")
+        _build(cls, data, prefix="", source=f"--{key}={_short(value)}", check_only=parts)
+    return _build(cls, data, prefix="", source="overrides")
+
+
+def dataclass_from_dict(cls: type[_C], data: dict[str, Any], source: str = "dict") -> _C:
+    """A config dataclass from a (partial) nested dict, checked as :func:`load_dataclass_config` checks."""
+    return _build(cls, data, prefix="", source=source)
 
 
 def parse_overrides(arguments: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -412,10 +434,9 @@ def _valid_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(cls: type, key: str, source: str) -> ConfigError:
-    return ConfigError(
-        f"{source}: unknown config key {key!r}; valid keys are: {', '.join(_valid_keys(TrainConfig))}"
-    )
+def _unknown(root: type, key: str, source: str) -> ConfigError:
+    valid = ", ".join(_valid_keys(root))
+    return ConfigError(f"{source}: unknown config key {key!r}; valid keys are: {valid}")
 
 
 def _check_path(cls: type, parts: list[str], source: str) -> None:
@@ -493,8 +514,19 @@ def _coerce(value: Any, kind: Any, key: str, source: str) -> Any:
     raise fail()
 
 
-def _build(cls: type, data: Any, prefix: str, source: str, check_only: list[str] | None = None) -> Any:
-    """Build the dataclass ``cls`` from a nested dict, checking every key and type (see ``load_config``)."""
+def _build(
+    cls: type,
+    data: Any,
+    prefix: str,
+    source: str,
+    check_only: list[str] | None = None,
+    root: type | None = None,
+) -> Any:
+    """Build the dataclass ``cls`` from a nested dict, checking every key and type (see ``load_config``).
+
+    ``root`` is the top-level config class (``cls`` itself at the top): unknown keys list its keys.
+    """
+    root = root or cls
     if not isinstance(data, dict):
         raise ConfigError(
             f"{source}: section {prefix.rstrip('.') or '(top)'!r} must be a mapping, got {_short(data)}"
@@ -503,13 +535,13 @@ def _build(cls: type, data: Any, prefix: str, source: str, check_only: list[str]
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise _unknown(cls, f"{prefix}{key}", source)
+            raise _unknown(root, f"{prefix}{key}", source)
         kind = fields[key]
         if check_only is not None and (not check_only or check_only[0] != key):
             continue
         if dataclasses.is_dataclass(kind):
             rest = None if check_only is None else check_only[1:]
-            kwargs[key] = _build(kind, value, f"{prefix}{key}.", source, check_only=rest)
+            kwargs[key] = _build(kind, value, f"{prefix}{key}.", source, check_only=rest, root=root)
         else:
             kwargs[key] = _coerce(value, kind, f"{prefix}{key}", source)
     if check_only is not None:
