@@ -742,6 +742,26 @@ def test_dependency_check_reports_missing_and_old_packages(mrml):
         assert f'"{requirement.specifier}' in pyproject.replace("PyYAML", "pyyaml"), requirement.specifier
 
 
+def test_self_tests_find_the_demo_bundle_or_say_what_is_missing(mrml, monkeypatch):
+    import unittest
+
+    import TextGuidedSegLogic.dependencies as dependencies
+    from TextGuidedSegLogic.selftest import INSTALL_HINT, demo_bundle
+
+    missing = dependencies.MissingRequirement(dependencies.TORCH, None)
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda: [missing])
+    with pytest.raises(AssertionError, match="torch>=2.4 \\(not installed\\)") as error:
+        demo_bundle()
+    assert INSTALL_HINT in str(error.value)
+    monkeypatch.setattr(dependencies, "missing_requirements", lambda: [])
+    try:
+        key, path = demo_bundle()
+    except unittest.SkipTest as skip:  # a build without the demo bundle: the self-tests skip
+        assert "demo_phantom_film_v1" in str(skip)
+    else:
+        assert key.startswith("demo_phantom_film_v1") and path.exists()
+
+
 def test_oriented_images_convert_with_their_extent(mrml, logic_module):
     """The effect's path: an aligned source image whose extent does not start at 0, and labelmaps back."""
     from TextGuidedSegLogic.nodes import (

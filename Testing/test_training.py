@@ -429,6 +429,50 @@ def test_config_type_errors_name_key_type_and_source():
         load_config(None, ["--no-equals-sign"])
 
 
+def test_train_arguments_split_config_resume_and_overrides():
+    from TextGuidedSegLib.training.arguments import ArgumentsError, parse_train_arguments, read_command_line
+
+    parsed = parse_train_arguments(["--config", "c.yaml", "--optim.lr=1", "--resume=auto", "--max_steps=3"])
+    assert parsed == ("c.yaml", "auto", ["--optim.lr=1", "--max_steps=3"], False)
+    assert parse_train_arguments(["--config=a.yaml", "--resume", "ckpt.pt"])[:2] == ("a.yaml", "ckpt.pt")
+    assert parse_train_arguments(["--config", "-h"]).config == "-h"  # a value is taken as it is
+    assert parse_train_arguments(["--x=1", "-h", "--config"]).help  # help stops parsing
+    with pytest.raises(ArgumentsError, match="^--resume needs a value$"):
+        parse_train_arguments(["--config", "c.yaml", "--resume"])
+    assert read_command_line(["--help"], "usage text") == 0
+    assert read_command_line(["--config"], "usage text") == 2
+    assert read_command_line([], "usage text") == (None, None, [], False)
+
+
+def test_distributed_context_of_one_process(monkeypatch):
+    from TextGuidedSegLib.training.distributed import DistributedContext
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    context = DistributedContext.from_environment("cpu")
+    assert (context.ddp, context.rank, context.world_size, context.is_master) == (False, 0, 1, True)
+    assert context.device == torch.device("cpu") and not context.use_cuda
+    threads = torch.get_num_threads()
+    context.start(threads=1)
+    try:
+        assert torch.get_num_threads() == 1
+        assert context.gather("state") == ["state"]
+        values = torch.tensor([1.0, 3.0])
+        assert context.mean_(values) is values and values.tolist() == [1.0, 3.0]
+    finally:
+        context.stop()
+    assert torch.get_num_threads() == threads
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    context = DistributedContext.from_environment("cpu")
+    assert (context.ddp, context.rank, context.local_rank, context.world_size) == (True, 3, 1, 4)
+    assert not context.is_master
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="device=cuda but CUDA is not available"):
+            DistributedContext.from_environment("cuda")
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 6. Learning-rate schedule
 # ----------------------------------------------------------------------------------------------------------

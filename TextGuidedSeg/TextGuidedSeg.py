@@ -39,7 +39,13 @@ from TextGuidedSegLogic import (
     Worker,
 )
 
-__all__ = ["TextGuidedSeg", "TextGuidedSegLogic", "TextGuidedSegTest", "TextGuidedSegWidget"]
+__all__ = [
+    "PromptCompleter",
+    "TextGuidedSeg",
+    "TextGuidedSegLogic",
+    "TextGuidedSegTest",
+    "TextGuidedSegWidget",
+]
 
 SETTINGS_GROUP = "TextGuidedSeg"
 #: Settings kept between Slicer sessions (QSettings) as well as in the scene's parameter node.
@@ -186,6 +192,51 @@ def _installTorch() -> list:
 
 
 #
+# Prompt completion (shared with the "Text prompt" Segment Editor effect)
+#
+
+
+class PromptCompleter:
+    """Completion of the structure being typed in a prompt line edit, over a bundle's vocabulary.
+
+    The fragment after the last separator (a comma, "and" ...) is completed; choosing a completion replaces it
+    (``TextGuidedSegLogic.prompts``). The panel and the Segment Editor effect each own one.
+    """
+
+    def __init__(self, lineEdit) -> None:
+        self.lineEdit = lineEdit
+        self.completer = qt.QCompleter([], lineEdit)
+        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self.completer.setWidget(lineEdit)
+        self.completer.connect("activated(QString)", self.onCompletionChosen)
+        lineEdit.connect("textEdited(QString)", self.onPromptEdited)
+
+    def setVocabulary(self, vocabulary: list) -> None:
+        """Complete over ``vocabulary`` (structure names)."""
+        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
+
+    def onPromptEdited(self, text: str) -> None:
+        """Offer completion for the structure being typed (the fragment after the last separator)."""
+        from TextGuidedSegLogic.prompts import split_prompt_tail
+
+        _head, fragment = split_prompt_tail(text)
+        if not fragment.strip():
+            self.completer.popup().hide()
+            return
+        self.completer.setCompletionPrefix(fragment.strip())
+        if self.completer.completionCount() > 0:
+            self.completer.complete()
+        else:
+            self.completer.popup().hide()
+
+    def onCompletionChosen(self, choice: str) -> None:
+        """Replace the fragment being typed by the chosen structure."""
+        from TextGuidedSegLogic.prompts import complete_prompt
+
+        self.lineEdit.text = complete_prompt(self.lineEdit.text, choice)
+
+
+#
 # Parameter node
 #
 
@@ -268,11 +319,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TextGuidedSegLogic()
 
-        self.completer = qt.QCompleter([], self.ui.promptLineEdit)
-        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
-        self.completer.setWidget(self.ui.promptLineEdit)
-        self.completer.connect("activated(QString)", self.onCompletionChosen)
-        self.ui.promptLineEdit.connect("textEdited(QString)", self.onPromptEdited)
+        self.promptCompleter = PromptCompleter(self.ui.promptLineEdit)
         self.ui.promptLineEdit.connect("textChanged(QString)", self.onPromptChanged)
         self.ui.promptLineEdit.connect("returnPressed()", self.onApplyButton)
         self.ui.structureListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
@@ -463,7 +510,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._vocabulary = vocabulary
         self._taxonomy = vocabulary_taxonomy(vocabulary)
-        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
+        self.promptCompleter.setVocabulary(vocabulary)
         self._updatingStructureList = True
         try:
             self.ui.structureListWidget.clear()
@@ -515,25 +562,6 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Removed {count} bundle(s) from the cache.").format(count=removed)
 
     # -- prompt, completion and the structure list -------------------------------------------------------
-
-    def onPromptEdited(self, text: str) -> None:
-        """Offer completion for the structure being typed (the fragment after the last separator)."""
-        from TextGuidedSegLogic.prompts import split_prompt_tail
-
-        _head, fragment = split_prompt_tail(text)
-        if len(fragment.strip()) < 1:
-            self.completer.popup().hide()
-            return
-        self.completer.setCompletionPrefix(fragment.strip())
-        if self.completer.completionCount() > 0:
-            self.completer.complete()
-        else:
-            self.completer.popup().hide()
-
-    def onCompletionChosen(self, choice: str) -> None:
-        from TextGuidedSegLogic.prompts import complete_prompt
-
-        self.ui.promptLineEdit.text = complete_prompt(self.ui.promptLineEdit.text, choice)
 
     def onPromptChanged(self, text: str) -> None:
         """Tick the structures the prompt names."""
@@ -693,19 +721,9 @@ class TextGuidedSegTest(ScriptedLoadableModuleTest):
 
     def _demoBundle(self):
         """The demo bundle's path; the Python packages must be installed (open the module, Apply once)."""
-        from TextGuidedSegLogic.dependencies import missing_requirements
+        from TextGuidedSegLogic.selftest import demo_bundle
 
-        missing = [m.describe() for m in missing_requirements()]
-        self.assertEqual(
-            missing, [], "install the Python packages first: open the module and press Apply once"
-        )
-        from TextGuidedSegLib.registry import BundleStore
-
-        store = BundleStore()
-        entry = store.entry(DEFAULT_BUNDLE)
-        path = store.path(entry)
-        if path is None:
-            self.skipTest(f"the demo bundle {entry.key} is not installed with this build")
+        _key, path = demo_bundle()
         return path
 
     def test_PhantomDice(self) -> None:

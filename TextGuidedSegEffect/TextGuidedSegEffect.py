@@ -61,23 +61,11 @@ class TextGuidedSegEffectTest(ScriptedLoadableModuleTest):
         self.fail("the Text prompt effect did not finish")
 
     def test_TextPromptEffect(self) -> None:
-        from TextGuidedSegLogic.dependencies import missing_requirements
+        from TextGuidedSegLogic.selftest import MIN_DICE, demo_bundle, dice, phantom_volume_node, truth_mask
 
-        missing = [m.describe() for m in missing_requirements()]
-        self.assertEqual(
-            missing, [], "install the Python packages first: open the module and press Apply once"
-        )
-        from TextGuidedSegLogic import DEFAULT_BUNDLE
-        from TextGuidedSegLogic.selftest import MIN_DICE, dice, phantom_volume_node, truth_mask
-
+        bundleKey, bundlePath = demo_bundle()
         from TextGuidedSegLib.bundle import load_bundle
-        from TextGuidedSegLib.registry import BundleStore
 
-        store = BundleStore()
-        entry = store.entry(DEFAULT_BUNDLE)
-        bundlePath = store.path(entry)
-        if bundlePath is None:
-            self.skipTest(f"the demo bundle {entry.key} is not installed with this build")
         spacing = load_bundle(bundlePath).config.preprocessing.spacing
 
         self.delayDisplay("Phantom, segmentation and Segment Editor")
@@ -108,7 +96,7 @@ class TextGuidedSegEffectTest(ScriptedLoadableModuleTest):
         editorWidget.setActiveEffectByName(EFFECT_NAME)
         effect = editorWidget.activeEffect()
         self.assertIsNotNone(effect, f"the {EFFECT_NAME!r} effect is not registered")
-        effect.setParameter("Bundle", entry.key)
+        effect.setParameter("Bundle", bundleKey)
         effect.setParameter("Prompt", "liver")
         effect.self().onApply()
         self._waitForEffect(effect)

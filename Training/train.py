@@ -24,7 +24,6 @@ Then export a bundle for inference:
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -34,48 +33,27 @@ USAGE = __doc__
 def main(argv: list[str]) -> int:
     from TextGuidedSegLib.data.datasets import DatasetListError
     from TextGuidedSegLib.text import EmbeddingCacheError
+    from TextGuidedSegLib.training.arguments import read_command_line
     from TextGuidedSegLib.training.checkpoint import load_checkpoint
     from TextGuidedSegLib.training.config import ConfigError, TrainConfig, apply_overrides, load_config
+    from TextGuidedSegLib.training.logs import configure_logging
     from TextGuidedSegLib.training.trainer import train
 
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
-    config_path: str | None = None
-    resume: str | None = None
-    overrides: list[str] = []
-    arguments = list(argv)
-    while arguments:
-        argument = arguments.pop(0)
-        if argument in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        if argument in ("--config", "--resume"):
-            if not arguments:
-                print(f"{argument} needs a value", file=sys.stderr)
-                return 2
-            value = arguments.pop(0)
-        elif argument.startswith(("--config=", "--resume=")):
-            argument, value = argument.split("=", 1)
-        else:
-            overrides.append(argument)
-            continue
-        if argument == "--config":
-            config_path = value
-        else:
-            resume = value
+    rank = configure_logging()
+    arguments = read_command_line(argv, USAGE)
+    if isinstance(arguments, int):
+        return arguments
+    resume = arguments.resume
     try:
-        if config_path is None and resume not in (None, "auto"):
+        if arguments.config is None and resume not in (None, "auto"):
             # the checkpoint's own config, with the overrides on top
             config = TrainConfig.from_dict(load_checkpoint(resume)["config"], source=resume)
-            config = apply_overrides(config, overrides)
-        elif config_path is None:
+            config = apply_overrides(config, arguments.overrides)
+        elif arguments.config is None:
             print("pass --config FILE (or --resume CHECKPOINT); see --help", file=sys.stderr)
             return 2
         else:
-            config = load_config(Path(config_path), overrides)
+            config = load_config(Path(arguments.config), arguments.overrides)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

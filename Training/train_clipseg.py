@@ -24,7 +24,6 @@ Every strategy on the same split, with the report and plot: textguidedseg clipse
 from __future__ import annotations
 
 import logging
-import os
 import sys
 
 USAGE = __doc__
@@ -34,39 +33,17 @@ def main(argv: list[str]) -> int:
     from TextGuidedSegLib.clipseg.model import CLIPSegUnavailableError
     from TextGuidedSegLib.clipseg.train import load_clipseg_config, train_clipseg
     from TextGuidedSegLib.data.datasets import DatasetListError
+    from TextGuidedSegLib.training.arguments import read_command_line
     from TextGuidedSegLib.training.config import ConfigError
+    from TextGuidedSegLib.training.logs import configure_logging
 
-    rank = int(os.environ.get("RANK", 0))
-    logging.basicConfig(
-        level=logging.INFO if rank == 0 else logging.WARNING,
-        format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s",
-    )
-    config_path: str | None = None
-    resume: str | None = None
-    overrides: list[str] = []
-    arguments = list(argv)
-    while arguments:
-        argument = arguments.pop(0)
-        if argument in ("-h", "--help"):
-            print(USAGE)
-            return 0
-        if argument in ("--config", "--resume"):
-            if not arguments:
-                print(f"{argument} needs a value", file=sys.stderr)
-                return 2
-            value = arguments.pop(0)
-        elif argument.startswith(("--config=", "--resume=")):
-            argument, value = argument.split("=", 1)
-        else:
-            overrides.append(argument)
-            continue
-        if argument == "--config":
-            config_path = value
-        else:
-            resume = value
+    rank = configure_logging()
+    arguments = read_command_line(argv, USAGE)
+    if isinstance(arguments, int):
+        return arguments
     try:
-        config = load_clipseg_config(config_path, overrides)
-        result = train_clipseg(config, resume=resume)
+        config = load_clipseg_config(arguments.config, arguments.overrides)
+        result = train_clipseg(config, resume=arguments.resume)
     except (ConfigError, DatasetListError, CLIPSegUnavailableError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

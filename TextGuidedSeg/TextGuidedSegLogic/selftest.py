@@ -1,4 +1,5 @@
-"""Helpers of the in-Slicer self-tests (and the headless tests): a phantom CT as a volume node, and Dice.
+"""Helpers of the in-Slicer self-tests (and the headless tests): the demo bundle, a phantom CT as a volume
+node, and Dice.
 
 The phantom is the library's procedural abdomen (:mod:`TextGuidedSegLib.data.phantom`), made on the demo
 bundle's voxel spacing, so the demo bundle (trained on such phantoms) segments it well.
@@ -6,16 +7,48 @@ bundle's voxel spacing, so the demo bundle (trained on such phantoms) segments i
 
 from __future__ import annotations
 
+import unittest
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .nodes import add_volume_node
 
+#: What a self-test says when Python packages are missing.
+INSTALL_HINT = "install the Python packages first: open the module and press Apply once"
+
 #: Minimum Dice the self-tests accept for the demo bundle on a phantom, per structure (the shipped demo
 #: bundle must reach 0.90 liver and 0.85 spleen and each kidney on unseen phantoms; the margin covers
 #: the smaller self-test phantom).
 MIN_DICE = {"liver": 0.85, "spleen": 0.75, "right_kidney": 0.75, "left_kidney": 0.75}
+
+
+def demo_bundle(store: Any = None) -> tuple[str, Path]:
+    """The demo bundle's registry key and local path, for a self-test that segments with it.
+
+    Args:
+        store: the ``TextGuidedSegLib.registry.BundleStore`` to look in; default: the user's.
+
+    Raises:
+        AssertionError: Python packages the library needs are missing (the test fails, naming them).
+        unittest.SkipTest: this build ships no demo bundle (the test is skipped).
+    """
+    from .dependencies import missing_requirements
+    from .logic import DEFAULT_BUNDLE
+
+    missing = [m.describe() for m in missing_requirements()]
+    if missing:
+        raise AssertionError(f"{INSTALL_HINT}; missing: {', '.join(missing)}")
+    if store is None:
+        from TextGuidedSegLib.registry import BundleStore
+
+        store = BundleStore()
+    entry = store.entry(DEFAULT_BUNDLE)
+    path = store.path(entry)
+    if path is None:
+        raise unittest.SkipTest(f"the demo bundle {entry.key} is not installed with this build")
+    return entry.key, path
 
 
 def phantom_volume_node(

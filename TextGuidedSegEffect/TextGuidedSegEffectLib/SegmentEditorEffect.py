@@ -76,15 +76,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- options --------------------------------------------------------------------------------------
 
     def setupOptionsFrame(self) -> None:
+        from TextGuidedSeg import PromptCompleter  # the panel's module: on the module path, loaded first
+
         self.promptLineEdit = qt.QLineEdit()
         self.promptLineEdit.placeholderText = "e.g. liver, or spleen and both kidneys"
         self.promptLineEdit.toolTip = "Structures to segment, separated by commas or 'and'."
         self.scriptedEffect.addLabeledOptionsWidget("Prompt:", self.promptLineEdit)
-        self.completer = qt.QCompleter([], self.promptLineEdit)
-        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
-        self.completer.setWidget(self.promptLineEdit)
-        self.completer.connect("activated(QString)", self.onCompletionChosen)
-        self.promptLineEdit.connect("textEdited(QString)", self.onPromptEdited)
+        self.promptCompleter = PromptCompleter(self.promptLineEdit)
         self.promptLineEdit.connect("textChanged(QString)", self.updateMRMLFromGUI)
         self.promptLineEdit.connect("returnPressed()", self.onApply)
 
@@ -171,26 +169,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
 
     def _setVocabulary(self, bundle: str) -> None:
         choice = self._choices.get(bundle)
-        vocabulary = choice.vocabulary if choice else []
-        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
-
-    def onPromptEdited(self, text: str) -> None:
-        from TextGuidedSegLogic.prompts import split_prompt_tail
-
-        _head, fragment = split_prompt_tail(text)
-        if not fragment.strip():
-            self.completer.popup().hide()
-            return
-        self.completer.setCompletionPrefix(fragment.strip())
-        if self.completer.completionCount() > 0:
-            self.completer.complete()
-        else:
-            self.completer.popup().hide()
-
-    def onCompletionChosen(self, choice: str) -> None:
-        from TextGuidedSegLogic.prompts import complete_prompt
-
-        self.promptLineEdit.text = complete_prompt(self.promptLineEdit.text, choice)
+        self.promptCompleter.setVocabulary(choice.vocabulary if choice else [])
 
     # -- apply ----------------------------------------------------------------------------------------
 

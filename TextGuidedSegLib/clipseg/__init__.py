@@ -18,7 +18,7 @@ conditioned on (CLIPSeg's projected text feature).
 
 from __future__ import annotations
 
-from typing import Any
+from TextGuidedSegLib._lazy import lazy_getattr
 
 __all__ = [
     "DEFAULT_CLIPSEG",
@@ -50,10 +50,4 @@ _WHERE = {
     "make_tiny_clipseg": "testing",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import json
 import logging
 import math
 import os
-import random
 import resource
 import threading
 import time
@@ -48,6 +48,7 @@ from TextGuidedSegLib.training.checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    seed_generators,
     set_rng_state,
 )
 from TextGuidedSegLib.training.config import (
@@ -56,6 +57,8 @@ from TextGuidedSegLib.training.config import (
     dataclass_from_dict,
     load_dataclass_config,
 )
+from TextGuidedSegLib.training.distributed import DistributedContext
+from TextGuidedSegLib.training.logs import close_run_log, open_run_log
 from TextGuidedSegLib.training.trainer import get_lr
 
 from .cache import CACHE_DTYPES, EncoderCache
@@ -561,34 +564,20 @@ def train_clipseg(
     Returns:
         A :class:`CLIPSegTrainResult`; its net holds the best epoch's weights.
     """
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available; use device=auto or device=cpu")
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    context = DistributedContext.from_environment(config.device)
+    ddp, rank, local_rank, world_size = context.ddp, context.rank, context.local_rank, context.world_size
+    device, use_cuda, master = context.device, context.use_cuda, context.is_master
     if config.batch_size % world_size:
         raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the world size {world_size}")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if ddp and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    master = rank == 0
-    previous_threads = torch.get_num_threads()
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    context.start(config.threads)
     run_dir = Path(config.run_dir)
     file_handler: logging.Handler | None = None
     writer = None
     metrics_file = None
+    finished = False
     try:
         if master:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(run_dir / "train.log")
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger("TextGuidedSegLib").addHandler(file_handler)
+            file_handler = open_run_log(run_dir)
             import yaml
 
             (run_dir / "config.yaml").write_text(
@@ -694,9 +683,7 @@ def train_clipseg(
                     best_state = load_checkpoint(run_dir / BEST_NAME)["model"]
                 del checkpoint
             else:
-                torch.manual_seed(config.seed + rank)
-                np.random.seed((config.seed + rank) % 2**32)
-                random.seed(config.seed + rank)
+                seed_generators(config.seed + rank)
             times = StepTimes()
             stopped_early = False
             bar = tqdm(
@@ -746,11 +733,7 @@ def train_clipseg(
                     times.steps += 1
                     times.samples += len(rows) * world_size
                     step += 1
-                    value = loss.detach()
-                    if ddp:
-                        dist.all_reduce(value)
-                        value /= world_size
-                    loss_value = float(value)
+                    loss_value = float(context.mean_(loss.detach()))
                     losses.append(loss_value)
                     epoch_losses.append(loss_value)
                     if master:
@@ -825,10 +808,7 @@ def train_clipseg(
                         writer.add_scalar("val/dice", val_dice, step)
                 stop = config.patience > 0 and val_set is not None and bad_epochs >= config.patience
                 if config.checkpoints:
-                    rng_states = [get_rng_state()]
-                    if ddp:
-                        rng_states = [None] * world_size
-                        dist.all_gather_object(rng_states, get_rng_state())
+                    rng_states = context.gather(get_rng_state())
                     if master:
                         state = {
                             "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -900,6 +880,7 @@ def train_clipseg(
                 memory.kind,
                 memory.peak_mib,
             )
+        finished = True
         return result
     finally:
         if writer is not None:
@@ -907,12 +888,13 @@ def train_clipseg(
         if metrics_file is not None:
             metrics_file.close()
         if file_handler is not None:
-            logging.getLogger("TextGuidedSegLib").removeHandler(file_handler)
-            file_handler.close()
-        torch.set_num_threads(previous_threads)
-        if ddp and dist.is_initialized():
-            dist.barrier()
-            dist.destroy_process_group()
+            close_run_log(file_handler)
+        if ddp:
+            # as the 3D trainer: free the DDP wrapper while every rank is connected, and wait for the others
+            # only after a run that finished (a rank that failed alone must not hang in a barrier)
+            model = optimizer = None
+            gc.collect()
+        context.stop(barrier=finished)
 
 
 def config_from_dict(data: dict[str, Any]) -> CLIPSegTrainConfig:

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from TextGuidedSegLib._lazy import lazy_getattr
 
 __all__ = [
     "PreparedVolume",
@@ -19,10 +19,4 @@ __all__ = [
     "resolve_device",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from TextGuidedSegLib.inference import segmenter
-
-        return getattr(segmenter, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, dict.fromkeys(__all__, "segmenter"))

@@ -9,6 +9,8 @@
 - ``validation``: sliding-window per-structure Dice.
 - ``checkpoint``: atomic, ``weights_only``-loadable checkpoints with RNG states and the data position.
 - ``trainer``: ``get_lr`` and the loop, ``train(config, resume)``.
+- ``distributed``: ``DistributedContext``: one process or torchrun's, device, process group (both trainers).
+- ``logs``, ``arguments``: console logging, the run's ``train.log``, the entry points' command line.
 - ``export``: checkpoint -> bundle (``export_bundle``).
 
 Heavy modules (MONAI transforms, TensorBoard) load on first use of the names below.
@@ -16,7 +18,7 @@ Heavy modules (MONAI transforms, TensorBoard) load on first use of the names bel
 
 from __future__ import annotations
 
-from typing import Any
+from TextGuidedSegLib._lazy import lazy_getattr
 
 __all__ = [
     "ConfigError",
@@ -44,10 +46,4 @@ _WHERE = {
     "export_bundle": "export",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _WHERE)

@@ -49,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "prune_checkpoints",
     "save_checkpoint",
+    "seed_generators",
     "set_rng_state",
 ]
 
@@ -154,6 +155,13 @@ def get_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
+
+
+def seed_generators(seed: int) -> None:
+    """Seed this process's global generators: torch (CPU and CUDA), numpy (``seed`` mod 2**32) and python."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

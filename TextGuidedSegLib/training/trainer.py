@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import os
-import random
 import resource
 import time
 from contextlib import nullcontext
@@ -28,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -48,11 +46,14 @@ from .checkpoint import (
     load_checkpoint,
     prune_checkpoints,
     save_checkpoint,
+    seed_generators,
     set_rng_state,
 )
 from .config import TRAINING_TAXONOMY, TrainConfig
 from .data import build_train_loader, build_val_loader
+from .distributed import DistributedContext
 from .embeddings import load_embeddings
+from .logs import close_run_log, open_run_log
 from .loss import SegmentationLoss
 from .validation import validate
 
@@ -174,36 +175,24 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         a :class:`TrainResult`.
     """
     # ---- processes: one, or one per device under torchrun ------------------------------------------------
-    ddp = int(os.environ.get("RANK", -1)) != -1
-    rank = int(os.environ.get("RANK", 0))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    world_size = int(os.environ.get("WORLD_SIZE", 1))
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but CUDA is not available; use device=auto or device=cpu")
-    use_cuda = config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+    context = DistributedContext.from_environment(config.device)
+    ddp, rank, local_rank, world_size = context.ddp, context.rank, context.local_rank, context.world_size
+    device, use_cuda, master_process = context.device, context.use_cuda, context.is_master
     if config.grad_accum % world_size:
         raise ValueError(
             f"grad_accum={config.grad_accum} must be a multiple of the world size {world_size} (it counts "
             "micro-steps over all ranks, so that the global batch does not depend on the world size)"
         )
     grad_accum = config.grad_accum // world_size
-    if use_cuda:
-        torch.cuda.set_device(device)
-    if ddp and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    master_process = rank == 0
+    context.start(config.threads)
 
-    previous_threads = torch.get_num_threads()
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
     file_handler: logging.Handler | None = None
     writer = None
     model = optimizer = None
     finished = False
     try:
-        # ---- determinism, threads ----------------------------------------------------------------------
-        if config.threads:
-            torch.set_num_threads(config.threads)
+        # ---- determinism -------------------------------------------------------------------------------
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(config.deterministic, warn_only=True)
@@ -230,10 +219,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             checkpoint = load_checkpoint(resume_path)
             config = _resumed_config(config, checkpoint)
         if master_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            file_handler = logging.FileHandler(run_dir / "train.log")
-            file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger("TextGuidedSegLib").addHandler(file_handler)
+            file_handler = open_run_log(run_dir)
             (run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
             logger.info(
                 "TextGuidedSegLib %s, %d rank(s) on %s; config:\n%s",
@@ -353,9 +339,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
                 torch.manual_seed(config.seed + rank + step)
             del checkpoint  # free the host copy of the weights
         else:
-            torch.manual_seed(config.seed + rank)
-            np.random.seed((config.seed + rank) % 2**32)
-            random.seed(config.seed + rank)
+            seed_generators(config.seed + rank)
         sampler, loader = train_data.sampler, train_data.loader
         sampler.set_epoch(epoch, start=epoch_draws)
         batches = iter(loader)
@@ -427,9 +411,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             step += 1
 
             # ---- log (the mean over the ranks) --------------------------------------------------------
-            if ddp:
-                dist.all_reduce(totals, op=dist.ReduceOp.SUM)
-                totals /= world_size
+            context.mean_(totals)
             loss_value, bce_value, dice_value = totals.tolist()
             now = time.perf_counter()
             step_time, step_start = now - step_start, now
@@ -521,10 +503,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             # ---- checkpoint (every rank gives its generator states, rank 0 writes) --------------------
             periodic = (config.ckpt_every and step % config.ckpt_every == 0) or last
             if periodic or improved:
-                rng_states = [get_rng_state()]
-                if ddp:
-                    rng_states = [None] * world_size
-                    dist.all_gather_object(rng_states, get_rng_state())
+                rng_states = context.gather(get_rng_state())
                 if master_process:
                     state = {
                         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -554,10 +533,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
 
         # ---- end: every rank must hold the same weights ----------------------------------------------
         progress.close()
-        digests = [_param_digest(raw_model)]
-        if ddp:
-            digests = [None] * world_size
-            dist.all_gather_object(digests, _param_digest(raw_model))
+        digests = context.gather(_param_digest(raw_model))
         if master_process:
             metrics_file.write(json.dumps({"step": step, "event": "end", "param_digests": digests}) + "\n")
             metrics_file.close()
@@ -571,15 +547,11 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
         if writer is not None:
             writer.close()
         if file_handler is not None:
-            logging.getLogger("TextGuidedSegLib").removeHandler(file_handler)
-            file_handler.close()
-        torch.set_num_threads(previous_threads)
+            close_run_log(file_handler)
         torch.use_deterministic_algorithms(previous_deterministic)
         if ddp and dist.is_initialized():
             # Free the DDP wrapper (it holds the process group) while every rank is still connected, then
             # leave together: a process group torn down after a peer has exited can wait for it forever.
             model = optimizer = None
             gc.collect()
-            if finished:
-                dist.barrier()
-            dist.destroy_process_group()
+        context.stop(barrier=finished)
