@@ -11,6 +11,7 @@ from conftest import shared_path
 
 from TextGuidedSegLib.bundle import load_bundle
 from TextGuidedSegLib.inference import SegmentationCancelled, Segmenter, count_windows
+from TextGuidedSegLib.inference.geometry import to_model_space
 from TextGuidedSegLib.inference.segmenter import _label_map
 from TextGuidedSegLib.io import Volume, load_volume
 from TextGuidedSegLib.taxonomy import PromptError
@@ -223,3 +224,31 @@ def test_flip_tta_averages_four_passes_and_returns_uncertainty(make_bundle) -> N
     bundle.model = RampModel(bundle.model.config)
     ramp = Segmenter(bundle, device="cpu", progress=False, flip_tta=True).segment(volume, "liver")
     assert float(ramp.uncertainty.max()) > 0.1
+
+
+def test_model_runs_on_the_body_box_and_is_zero_outside(make_bundle) -> None:
+    """As in training (CropForegroundd), the model sees the bounding box of voxels above the HU window's low
+    end; outside it probabilities are exactly 0. A bundle can opt out (CLIPSeg bundles do)."""
+    volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
+    bundle = load_bundle(make_bundle(spacing=3.0))
+    bundle.model = IntensityOracle(bundle.model.config)
+    segmenter = Segmenter(bundle, device="cpu", progress=False)
+    prepared = segmenter.prepare(volume)
+    grid = to_model_space(volume, (3.0, 3.0, 3.0))
+    body = (grid[0] > -175.0).numpy()
+    box = tuple(slice(int(i.min()), int(i.max()) + 1) for i in np.nonzero(body))
+    assert prepared.crop == box
+    assert prepared.grid_shape == body.shape
+    assert tuple(prepared.image.shape[2:]) == tuple(s.stop - s.start for s in box)
+    assert prepared.image.shape[2:] != body.shape, "the example CT has air around the body"
+    full = prepared.uncrop(torch.ones(1, *prepared.image.shape[2:]))
+    assert full.sum() == prepared.image[0, 0].numel() and full[(0, *box)].all()
+
+    cropped = segmenter.segment(volume, "liver", return_probabilities=True, prepared=prepared)
+    bundle.config.preprocessing.crop_foreground = False
+    whole = segmenter.segment(volume, "liver", return_probabilities=True)
+    assert segmenter.prepare(volume).image.shape[2:] == body.shape
+    outside = cropped.probabilities[0] == 0.0
+    assert outside.any() and (whole.probabilities[0][outside] > 0.0).all()
+    # the oracle is pointwise, so inside the box both runs agree
+    np.testing.assert_array_equal(cropped.labels, whole.labels)

@@ -259,7 +259,9 @@ def save_clipseg_bundle(
         description=description
         or f"CLIPSeg ({config.base_model}) fine-tuned with the {net.strategy} strategy on axial CT slices",
         license=license,
-        preprocessing=PreprocessConfig(spacing=slicing.spacing, hu_window=slicing.model_hu_window),
+        preprocessing=PreprocessConfig(
+            spacing=slicing.spacing, hu_window=slicing.model_hu_window, crop_foreground=False
+        ),
         inference=InferenceConfig(roi_size=WHOLE_VOLUME_ROI, overlap=0.0, blend_mode="constant"),
     )
     model = CLIPSegVolumeModel(net, config)

@@ -6,7 +6,7 @@ The steps, each in one place:
 2. each query gets its conditioning: a text embedding from the bundle's cache (or its text encoder), or a
    channel index for channel-output models (global mode, text-free baselines);
 3. the volume goes to model space (RAS, bundle spacing) and through the bundle's HU window
-   (``inference.geometry``);
+   (``inference.geometry``), and is cropped to the body's bounding box as in training (bundles may opt out);
 4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
 5. sigmoid probabilities are resampled back onto the input's own grid, thresholded and optionally
    post-processed (largest component, left/right split); overlapping structures go to the more probable one.
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
+from monai.transforms.utils import generate_spatial_bounding_box
 
 from TextGuidedSegLib.bundle import Bundle
 from TextGuidedSegLib.inference.geometry import to_model_space, to_original_space, window_intensity
@@ -144,8 +145,11 @@ class PreparedVolume:
     """A volume in model space and windowed: the model's input, reusable for any prompt on that volume.
 
     Attributes:
-        image: ``(1, 1, X, Y, Z)`` float32 tensor in [0, 1] (RAS, the bundle's spacing and HU window).
-        affine: ``(4, 4)`` model-space voxel-to-RAS affine of ``image``.
+        image: ``(1, 1, x, y, z)`` float32 tensor in [0, 1] (RAS, the bundle's spacing and HU window),
+            cropped to the foreground box ``crop`` of the model-space grid.
+        affine: ``(4, 4)`` voxel-to-RAS affine of the whole model-space grid.
+        grid_shape: ``(X, Y, Z)`` of the whole model-space grid.
+        crop: where ``image`` lies in that grid (three slices; the whole grid without cropping).
         source_shape: ``(I, J, K)`` of the volume it was made from.
         source_affine: ``(4, 4)`` voxel-to-RAS affine of that volume.
         spacing: model spacing (mm) it was resampled to.
@@ -154,6 +158,8 @@ class PreparedVolume:
 
     image: torch.Tensor
     affine: np.ndarray
+    grid_shape: tuple[int, int, int]
+    crop: tuple[slice, slice, slice]
     source_shape: tuple[int, int, int]
     source_affine: np.ndarray
     spacing: tuple[float, float, float]
@@ -167,6 +173,14 @@ class PreparedVolume:
             and np.allclose(self.spacing, spacing)
             and np.allclose(self.hu_window, hu_window)
         )
+
+    def uncrop(self, data: torch.Tensor) -> torch.Tensor:
+        """``(C, x, y, z)`` values on the crop -> ``(C, X, Y, Z)`` on the whole model grid, 0 outside."""
+        if tuple(data.shape[1:]) == tuple(self.grid_shape):
+            return data
+        full = data.new_zeros((data.shape[0], *self.grid_shape))
+        full[(slice(None), *self.crop)] = data
+        return full
 
 
 def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
@@ -319,10 +333,19 @@ class Segmenter:
         """The model input for ``volume``: RAS, the bundle's spacing and HU window (keep it to re-prompt)."""
         preprocessing = self.bundle.config.preprocessing
         image = to_model_space(volume, preprocessing.spacing)
-        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()[None]
+        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()
+        grid_shape = tuple(windowed.shape[1:])
+        crop = tuple(slice(0, n) for n in grid_shape)
+        if preprocessing.crop_foreground:
+            start, end = generate_spatial_bounding_box(windowed)  # voxels above the window's low end
+            if all(e > s for s, e in zip(start, end, strict=True)):
+                crop = tuple(slice(s, e) for s, e in zip(start, end, strict=True))
+                windowed = windowed[(slice(None), *crop)]
         return PreparedVolume(
-            image=windowed,
+            image=windowed[None].contiguous(),
             affine=np.asarray(image.affine, dtype=np.float64),
+            grid_shape=grid_shape,
+            crop=crop,
             source_shape=tuple(volume.shape),
             source_affine=np.asarray(volume.affine, dtype=np.float64).copy(),
             spacing=tuple(preprocessing.spacing),
@@ -442,9 +465,11 @@ class Segmenter:
         probabilities, spread = self.predict_probabilities(prepared.image, text, class_indices, step)
         if progress_callback is not None:
             progress_callback(total, total)
-        probabilities = to_original_space(probabilities, volume, mode="bilinear", affine=prepared.affine)
-        if spread is not None:
-            spread = to_original_space(spread, volume, mode="bilinear", affine=prepared.affine)
+        def back(values: torch.Tensor) -> np.ndarray:
+            return to_original_space(prepared.uncrop(values), volume, mode="bilinear", affine=prepared.affine)
+
+        probabilities = back(probabilities)
+        spread = None if spread is None else back(spread)
         masks = probabilities >= self.threshold
         masks = self._postprocess(masks, queries, volume)
         labels = _label_map(probabilities, masks)
