@@ -235,6 +235,28 @@ def test_import_of_a_broken_bundle_changes_nothing(tmp_path, make_bundle):
         store.import_bundle(tmp_path / "missing")
 
 
+def test_failed_final_move_keeps_the_cached_copy(tmp_path, make_bundle, monkeypatch):
+    """If moving the new copy into place fails, the one it was replacing is put back."""
+    import os
+
+    root = tmp_path / "cache"
+    store = BundleStore(root=root, entries=[])
+    first = store.import_bundle(make_bundle(name="kept", zip_file=True))
+    before = first.path.read_bytes()
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if Path(dst) == root / "kept-0.1.0":
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr("TextGuidedSegLib.registry.os.replace", failing_replace)
+    with pytest.raises(OSError, match="disk full"):
+        store.import_bundle(make_bundle(name="kept", seed=3))  # a folder would replace the zip
+    assert leftovers(root) == ["kept-0.1.0.zip"]
+    assert (root / "kept-0.1.0.zip").read_bytes() == before
+
+
 def test_clear_removes_cached_bundles_only(tmp_path, make_bundle):
     resources = tmp_path / "resources"
     builtin_source = make_bundle(name="shipped")

@@ -473,12 +473,20 @@ class BundleStore:
                 target = self.root / stem
                 staged = staging / "bundle"
                 shutil.copytree(source, staged, ignore=shutil.ignore_patterns("__pycache__", ".*"))
-            for other in (self.root / f"{stem}.zip", self.root / stem):
-                if other.exists() and other != target:  # a folder replaces a zip of the same bundle and back
-                    os.replace(other, staging / "previous-other")
-            if target.exists():
-                os.replace(target, staging / "previous")
-            os.replace(staged, target)
+            # set aside what this bundle replaces (a folder replaces a zip of the same bundle and back), and
+            # put it back if the final move fails, so a failed import never loses the cached copy
+            moved: list[tuple[Path, Path]] = []
+            try:
+                for index, existing in enumerate((self.root / f"{stem}.zip", self.root / stem)):
+                    if existing.exists():
+                        aside = staging / f"previous-{index}"
+                        os.replace(existing, aside)
+                        moved.append((aside, existing))
+                os.replace(staged, target)
+            except BaseException:
+                for aside, existing in reversed(moved):
+                    os.replace(aside, existing)
+                raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("imported bundle %s==%s from %s into %s", name, version, source, target)
