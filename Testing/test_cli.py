@@ -57,6 +57,24 @@ def test_segment_writes_label_map_on_the_input_grid(tmp_path: Path, make_bundle,
         assert 0.0 <= values.min() and values.max() <= 1.0
 
 
+def test_segment_with_flip_tta_writes_uncertainty_maps(tmp_path: Path, make_bundle) -> None:
+    ct = shared_path("totalseg", "example_ct_sm.nii.gz")
+    out = tmp_path / "seg.nii.gz"
+    bundle = str(make_bundle(spacing=6.0))
+    args = ["segment", str(ct), "-p", "liver, spleen", "-b", bundle, "-o", str(out), "--no-progress"]
+    assert main([*args, "--flip-tta"]) == 0
+    sidecar = json.loads((tmp_path / "seg.json").read_text())
+    reference = nib.load(ct)
+    spreads = []
+    for segment in sidecar["segments"]:
+        assert "probability_map" not in segment
+        image = nib.load(tmp_path / segment["uncertainty_map"])
+        assert image.shape == reference.shape
+        spreads.append(np.asarray(image.dataobj))
+    # a random-weight network is not flip-equivariant: its flipped passes disagree somewhere
+    assert all(0.0 <= s.min() and s.max() <= 0.5 and s.max() > 0.0 for s in spreads)
+
+
 def test_segment_lps_three_slice_ct_comes_back_in_its_own_orientation(tmp_path: Path, make_bundle) -> None:
     ct = shared_path("dcmqi_ct3slice", "ct.nii.gz")
     reference = load_volume(ct)

@@ -58,6 +58,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         largest_component=args.largest_component,
         split_laterality=args.split_laterality,
         progress=not args.no_progress,
+        flip_tta=args.flip_tta,
     )
     result = segmenter.segment(volume, args.prompt, return_probabilities=args.probabilities)
     files = write_segmentation(
@@ -324,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument(
         "--probabilities", action="store_true", help="also write one probability map per query"
+    )
+    segment.add_argument(
+        "--flip-tta",
+        action="store_true",
+        help="test-time flips (4 passes): average the probabilities and write one uncertainty map (their "
+        "standard deviation) per query",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     segment.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -34,11 +34,13 @@ class SegmentationFiles:
         label_map: the label map.
         sidecar: its JSON sidecar.
         probability_maps: one float map per query, in label order (empty unless the result holds them).
+        uncertainty_maps: one float map per query of the flip-TTA standard deviation (empty without it).
     """
 
     label_map: Path
     sidecar: Path
     probability_maps: list[Path] = field(default_factory=list)
+    uncertainty_maps: list[Path] = field(default_factory=list)
 
 
 def label_map_stem(path: str | Path) -> tuple[Path, str]:
@@ -64,7 +66,8 @@ def write_segmentation(
     threshold: float,
     input: str | Path | None = None,
 ) -> SegmentationFiles:
-    """Write ``result``'s label map on ``volume``'s grid, its JSON sidecar and any probability maps.
+    """Write ``result``'s label map on ``volume``'s grid, its JSON sidecar and any probability / uncertainty
+    maps (``<stem>_probability_01_liver.nii.gz``, ``<stem>_uncertainty_01_liver.nii.gz``, ...).
 
     Args:
         path: the label map to write (``.nii.gz``, ``.nii`` or ``.nrrd``); the sidecar is ``<stem>.json``
@@ -90,14 +93,21 @@ def write_segmentation(
         bundle={"name": bundle.config.name, "version": bundle.config.version},
         threshold=threshold,
     )
-    probability_maps = []
-    if result.probabilities is not None:
-        for segment, probability in zip(result.segments, result.probabilities, strict=True):
+    maps: dict[str, list[Path]] = {"probability": [], "uncertainty": []}
+    for kind, values in (("probability", result.probabilities), ("uncertainty", result.uncertainty)):
+        if values is None:
+            continue
+        for segment, channel in zip(result.segments, values, strict=True):
             key = segment.class_name or f"query{segment.label_id}"
-            name = f"{stem}_probability_{segment.label_id:02d}_{key}{suffix}"
-            probability_maps.append(save_volume(Path(name), probability, volume))
-            sidecar["segments"][segment.label_id - 1]["probability_map"] = probability_maps[-1].name
+            name = f"{stem}_{kind}_{segment.label_id:02d}_{key}{suffix}"
+            maps[kind].append(save_volume(Path(name), channel, volume))
+            sidecar["segments"][segment.label_id - 1][f"{kind}_map"] = maps[kind][-1].name
     sidecar_path = Path(f"{stem}.json")
     sidecar_path.write_text(json.dumps(sidecar, indent=2) + "\n", encoding="utf-8")
     logger.debug("wrote %s and %s", output, sidecar_path)
-    return SegmentationFiles(label_map=output, sidecar=sidecar_path, probability_maps=probability_maps)
+    return SegmentationFiles(
+        label_map=output,
+        sidecar=sidecar_path,
+        probability_maps=maps["probability"],
+        uncertainty_maps=maps["uncertainty"],
+    )
