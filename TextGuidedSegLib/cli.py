@@ -295,6 +295,15 @@ def _cmd_clipseg_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options every command that runs a bundle shares: device, sliding-window overlap, progress."""
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    parser.add_argument(
+        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's; 0 is fastest)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``textguidedseg`` (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(prog="textguidedseg", description="Text-guided CT segmentation.")
@@ -309,10 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     segment.add_argument("--bundle", "-b", required=True, help="model bundle folder or .zip")
     segment.add_argument("--output", "-o", required=True, help="label map to write (.nii.gz, .nii or .nrrd)")
-    segment.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    segment.add_argument(
-        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's)"
-    )
+    _add_inference_arguments(segment)
     segment.add_argument("--threshold", type=float, help="probability threshold (default: the bundle's)")
     segment.add_argument("--sw-batch-size", type=int, help="windows per forward pass (default: the bundle's)")
     segment.add_argument(
@@ -333,7 +339,6 @@ def build_parser() -> argparse.ArgumentParser:
         "standard deviation) per query",
     )
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    segment.add_argument("--no-progress", action="store_true", help="no progress bar")
     segment.set_defaults(func=_cmd_segment)
 
     evaluate = commands.add_parser(
@@ -365,11 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--nsd-tolerance", type=float, default=3.0, help="surface Dice tolerance in mm (default: 3)"
     )
-    evaluate.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    evaluate.add_argument(
-        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's)"
-    )
-    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_inference_arguments(evaluate)
     evaluate.set_defaults(func=_cmd_evaluate)
 
     demo = commands.add_parser("demo", help="segment a phantom (or --input) and write an overlay and volumes")
@@ -385,11 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--bundle", "-b", help="model bundle folder or .zip (default: the shipped demo bundle)")
     demo.add_argument("--seed", type=int, default=0, help="the phantom's seed (default: 0)")
-    demo.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    demo.add_argument(
-        "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's; 0 is fastest)"
-    )
-    demo.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_inference_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
 
     phantoms = commands.add_parser("phantoms", help="write procedural abdominal CT phantoms and a list file")
