@@ -207,6 +207,7 @@ class PromptCompleter:
         self.lineEdit = lineEdit
         self.completer = qt.QCompleter([], lineEdit)
         self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self.completer.setFilterMode(qt.Qt.MatchContains)  # "kid" offers Right Kidney and Left Kidney
         self.completer.setWidget(lineEdit)
         self.completer.connect("activated(QString)", self.onCompletionChosen)
         lineEdit.connect("textEdited(QString)", self.onPromptEdited)
@@ -662,7 +663,9 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._worker = None
         self.ui.progressBar.hide()
         self.ui.deviceInfoLabel.text = self._deviceInfo()
-        self.populateBundles()  # a download may have made a bundle available
+        choice = self._bundleChoices.get(self._job.bundle) if self._job is not None else None
+        if choice is None or not choice.available:
+            self.populateBundles()  # a download may have made a bundle available
         self._updateButtons()
 
     def _writeResults(self, output) -> None:

@@ -241,9 +241,14 @@ def read_bundle_config(path: str | Path) -> dict[str, Any]:
 
 def bundle_vocabulary(path: str | Path) -> list[str]:
     """Display names of the structures a bundle folder or .zip segments, read from its config (no torch)."""
+    return _config_vocabulary(read_bundle_config(path), path)
+
+
+def _config_vocabulary(config: dict[str, Any], path: str | Path) -> list[str]:
+    """Display names of the structures of an already read bundle ``config`` (``path`` names it in errors)."""
     from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
 
-    taxonomy = read_bundle_config(path).get("taxonomy")
+    taxonomy = config.get("taxonomy")
     try:
         loaded = get_taxonomy(taxonomy) if isinstance(taxonomy, str) else Taxonomy.from_dict(taxonomy)
     except (KeyError, TypeError, ValueError) as err:
@@ -490,7 +495,9 @@ class BundleStore:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         logger.info("imported bundle %s==%s from %s into %s", name, version, source, target)
-        return CachedBundle(name=name, version=version, path=target, vocabulary=self._vocabulary(target))
+        return CachedBundle(
+            name=name, version=version, path=target, vocabulary=self._vocabulary(config, target)
+        )
 
     # -- the cache -------------------------------------------------------------------------------------
 
@@ -512,7 +519,7 @@ class BundleStore:
                     name=str(config.get("name")),
                     version=str(config.get("version")),
                     path=item,
-                    vocabulary=self._vocabulary(item),
+                    vocabulary=self._vocabulary(config, item),
                 )
             )
         return found
@@ -532,9 +539,10 @@ class BundleStore:
         return removed
 
     @staticmethod
-    def _vocabulary(path: Path) -> list[str]:
+    def _vocabulary(config: dict[str, Any], path: Path) -> list[str]:
+        """The vocabulary of a cached bundle whose config was read already; [] when it cannot be read."""
         try:
-            return bundle_vocabulary(path)
+            return _config_vocabulary(config, path)
         except RegistryError:
             return []
 

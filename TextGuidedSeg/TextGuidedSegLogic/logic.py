@@ -192,6 +192,13 @@ def default_segmenter_factory(bundle: Bundle, **settings: Any) -> Any:
     return Segmenter(bundle, **settings)
 
 
+def _checked_prompt(prompt: str) -> str:
+    """``prompt`` without surrounding blanks; a ValueError when it is empty."""
+    if not prompt or not prompt.strip():
+        raise ValueError('the prompt is empty: type the structures to segment, e.g. "liver and kidneys"')
+    return prompt.strip()
+
+
 def mean_values(volume: np.ndarray, labels: np.ndarray, n_labels: int) -> list[float]:
     """Mean of ``volume`` inside each label ``1..n_labels`` of ``labels`` (NaN where a label is empty)."""
     flat = labels.ravel()
@@ -370,11 +377,10 @@ class TextGuidedSegLogic:
         options: SegmentationOptions | None = None,
     ) -> InferenceJob:
         """Copy what a run needs out of the scene (call on the main thread)."""
-        if not prompt or not prompt.strip():
-            raise ValueError('the prompt is empty: type the structures to segment, e.g. "liver and kidneys"')
+        prompt = _checked_prompt(prompt)
         return InferenceJob(
             volume=volume_from_node(volume_node),
-            prompt=prompt.strip(),
+            prompt=prompt,
             bundle=str(bundle) if bundle else DEFAULT_BUNDLE,
             options=options or SegmentationOptions(),
             volume_node_id=volume_node.GetID(),
@@ -392,13 +398,12 @@ class TextGuidedSegLogic:
     ) -> InferenceJob:
         """Like :meth:`prepare_inputs` for an oriented image: the Segment Editor's source volume, already
         aligned to the segmentation's geometry (``scriptedEffect.sourceVolumeImageData()``)."""
-        if not prompt or not prompt.strip():
-            raise ValueError('the prompt is empty: type the structures to segment, e.g. "liver and kidneys"')
+        prompt = _checked_prompt(prompt)
         name = source_node.GetName() if source_node is not None else "source volume"
         x0, _x1, y0, _y1, z0, _z1 = image.GetExtent()
         return InferenceJob(
             volume=volume_from_oriented_image(image, name),
-            prompt=prompt.strip(),
+            prompt=prompt,
             bundle=str(bundle) if bundle else DEFAULT_BUNDLE,
             options=options or SegmentationOptions(results_table=False),
             volume_node_id=source_node.GetID() if source_node is not None else "",

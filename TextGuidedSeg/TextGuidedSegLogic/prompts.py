@@ -8,15 +8,23 @@ Kidney). No Qt here: the widget calls these functions from its slots.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from TextGuidedSegLib.taxonomy import Taxonomy
+    from TextGuidedSegLib.taxonomy import StructureQuery, Taxonomy
 
-# The separators of the library's prompt parser: , ; & + / | . : newlines and the words "and" and "plus".
-_SEPARATOR = re.compile(r"\s*(?:[,;&+/|.:\n]|\band\b|\bplus\b)\s*", re.IGNORECASE)
+
+@functools.cache
+def _separator() -> re.Pattern[str]:
+    """The library prompt parser's separators: characters such as , ; & and the words "and", "plus"."""
+    from TextGuidedSegLib.taxonomy.vocabulary import SEPARATOR_CHARS, SEPARATOR_WORDS
+
+    chars = re.escape("".join(sorted(SEPARATOR_CHARS)))
+    words = "|".join(rf"\b{re.escape(word)}\b" for word in sorted(SEPARATOR_WORDS))
+    return re.compile(rf"\s*(?:[{chars}]|{words})\s*", re.IGNORECASE)
 
 
 def split_prompt_tail(text: str) -> tuple[str, str]:
@@ -24,12 +32,13 @@ def split_prompt_tail(text: str) -> tuple[str, str]:
 
     Example: ``"liver, right kid"`` -> ``("liver, ", "right kid")``.
     """
-    matches = list(_SEPARATOR.finditer(text))
+    matches = list(_separator().finditer(text))
     if not matches:
         return "", text.lstrip()
     end = matches[-1].end()
     head = text[:end]
-    if not head.endswith(" ") and head.rstrip()[-1:] in ",;&+/|.:":
+    # head ends with a separator: a separator word ("and") or a character ("," ";" ...), which gets a space
+    if not head.endswith(" ") and not head.rstrip()[-1:].isalpha():
         head += " "
     return head, text[end:]
 
@@ -42,7 +51,7 @@ def complete_prompt(text: str, choice: str) -> str:
 
 def prompt_fragments(text: str) -> list[str]:
     """The non-empty fragments of a prompt between separators."""
-    return [part.strip() for part in _SEPARATOR.split(text) if part and part.strip()]
+    return [part.strip() for part in _separator().split(text) if part and part.strip()]
 
 
 def structures_in_prompt(text: str, taxonomy: Taxonomy | None) -> list[str]:
@@ -53,12 +62,7 @@ def structures_in_prompt(text: str, taxonomy: Taxonomy | None) -> list[str]:
     """
     if taxonomy is None or not text.strip():
         return []
-    from TextGuidedSegLib.taxonomy import PromptError, parse_prompt
-
-    try:
-        queries = parse_prompt(text, taxonomy, allow_free_text=True)
-    except PromptError:
-        return []
+    queries = _parse(text, taxonomy) or []
     names = [q.structure.name for q in queries if q.structure is not None]
     return list(dict.fromkeys(names))
 
@@ -79,16 +83,21 @@ def toggle_structure(text: str, name: str, checked: bool, taxonomy: Taxonomy | N
 
 def _prompt_parts(text: str, taxonomy: Taxonomy | None) -> list[str]:
     """The prompt as a list of structure names and free-text fragments, in order."""
-    if taxonomy is None:
-        return prompt_fragments(text)
-    from TextGuidedSegLib.taxonomy import PromptError, parse_prompt
-
-    try:
-        queries = parse_prompt(text, taxonomy, allow_free_text=True)
-    except PromptError:
+    queries = _parse(text, taxonomy) if taxonomy is not None else None
+    if queries is None:
         return prompt_fragments(text)
     parts = [q.structure.name if q.structure is not None else q.text for q in queries]
     return list(dict.fromkeys(parts))
+
+
+def _parse(text: str, taxonomy: Taxonomy) -> list[StructureQuery] | None:
+    """The library parser's queries for ``text`` (free text allowed); None when it rejects the prompt."""
+    from TextGuidedSegLib.taxonomy import PromptError, parse_prompt
+
+    try:
+        return parse_prompt(text, taxonomy, allow_free_text=True)
+    except PromptError:
+        return None
 
 
 def completion_candidates(vocabulary: Sequence[str], fragment: str) -> list[str]:

@@ -43,6 +43,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self._worker = None
         self._job = None
         self._choices = {}
+        self._vocabularyBundle = None
         self._pollTimer = qt.QTimer()
         self._pollTimer.setInterval(POLL_INTERVAL_MS)
         self._pollTimer.connect("timeout()", self.onPollWorker)
@@ -166,10 +167,16 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         except Exception:  # noqa: BLE001 - a broken registry must not break the editor
             logging.exception("Text prompt effect: cannot read the bundle registry")
         self.bundleComboBox.blockSignals(wasBlocked)
+        self._vocabularyBundle = None  # vocabularies may have changed
 
     def _setVocabulary(self, bundle: str) -> None:
+        """Completion over the bundle's structures, set only when the bundle changed (updateGUIFromMRML runs
+        on every keystroke)."""
+        if bundle == self._vocabularyBundle:
+            return
+        self._vocabularyBundle = bundle
         choice = self._choices.get(bundle)
-        self.promptCompleter.setVocabulary(choice.vocabulary if choice else [])
+        self.promptCompleter.setVocabulary(choice.vocabulary if choice else self.logic.vocabulary(bundle))
 
     # -- apply ----------------------------------------------------------------------------------------
 
@@ -211,6 +218,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self._worker is not None:
             self._worker.cancel()
             self._showStatus("Cancelling...")
+            self.cancelButton.enabled = False
 
     def onPollWorker(self) -> None:
         if self._worker is None:
