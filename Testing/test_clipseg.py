@@ -38,7 +38,7 @@ from TextGuidedSegLib.clipseg.model import (
     load_clipseg,
 )
 from TextGuidedSegLib.clipseg.testing import make_tiny_clipseg
-from TextGuidedSegLib.clipseg.train import CLIPSegTrainConfig, load_clipseg_config, train_clipseg
+from TextGuidedSegLib.clipseg.train import CLIPSegTrainConfig, SliceLoss, load_clipseg_config, train_clipseg
 from TextGuidedSegLib.clipseg.volume import save_clipseg_bundle
 from TextGuidedSegLib.data.phantom import PhantomConfig, write_phantoms
 from TextGuidedSegLib.inference import Segmenter
@@ -503,6 +503,23 @@ def report(strategy: str, wall: float, steps: int, step: dict[str, float], **cha
     }
     values.update(changes)
     return StrategyReport(**values)
+
+
+def test_slice_loss_per_sample_matches_the_batch_loss_and_monai():
+    from monai.losses import DiceLoss
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 16, 16, generator=generator)
+    target = (torch.rand(5, 16, 16, generator=generator) > 0.6).float()
+    criterion = SliceLoss(dice_weight=0.5)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    expected = bce(logits, target) + 0.5 * DiceLoss(sigmoid=True)(logits[:, None], target[:, None])
+    assert criterion(logits, target).item() == pytest.approx(expected.item(), abs=1e-7)
+    per_sample = criterion.per_sample(logits, target)
+    one_by_one = [criterion(logits[i : i + 1], target[i : i + 1]) for i in range(5)]
+    assert per_sample.shape == (5,)
+    assert torch.allclose(per_sample, torch.stack(one_by_one), atol=1e-6, rtol=0)
+    assert per_sample.mean().item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_explanation_is_computed_from_the_measured_split():

@@ -35,7 +35,7 @@ import torch
 from TextGuidedSegLib.evaluation.metrics import dice_score
 
 from .data import SliceSet
-from .model import CLIPSegNet, PixelSpec
+from .model import CLIPSegNet
 from .train import (
     CLIPSegTrainConfig,
     CLIPSegTrainResult,
@@ -151,13 +151,13 @@ def _score(
     net = result.net
     device = next(net.parameters()).device
     criterion = SliceLoss(config.dice_weight)
-    _, train_dice, _ = evaluate_samples(
+    _, train_dice = evaluate_samples(
         _Forward(net, None), train_set, criterion, config.eval_batch_size, device
     )
     val_dice = val_3d = float("nan")
     rows: list[dict[str, Any]] = []
     if val_set is not None:
-        _, val_dice, _ = evaluate_samples(
+        _, val_dice = evaluate_samples(
             _Forward(net, None), val_set, criterion, config.eval_batch_size, device
         )
         rows = volume_dice(net, val_set, config.eval_batch_size)
@@ -216,9 +216,7 @@ def run_bench(
             export_bundle=False,
             checkpoints=False,
         )
-        net = load_net()
-        if net.pixel.image_size != train_set.config.image_size:
-            net.pixel = PixelSpec(train_set.config.image_size, net.pixel.mean, net.pixel.std)
+        net = load_net()  # train_clipseg resizes its pixel spec to the slice set's image size
         started = time.perf_counter()
         result = train_clipseg(run_config, net=net, train_set=train_set, val_set=val_set)
         report = _score(result, train_set, val_set, run_config)

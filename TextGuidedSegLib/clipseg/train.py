@@ -15,7 +15,6 @@ the batch from the slice set, or the encoder cache), *forward* (logits and loss)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gc
 import json
@@ -53,8 +52,6 @@ from TextGuidedSegLib.training.checkpoint import (
 )
 from TextGuidedSegLib.training.config import (
     ConfigError,
-    apply_dataclass_overrides,
-    dataclass_from_dict,
     load_dataclass_config,
 )
 from TextGuidedSegLib.training.distributed import DistributedContext
@@ -379,12 +376,19 @@ class SliceLoss(nn.Module):
         if dice_weight > 0:
             from monai.losses import DiceLoss
 
-            self.dice = DiceLoss(sigmoid=True)
+            self.dice = DiceLoss(sigmoid=True, reduction="none")  # (B, 1, 1, 1): one value per sample
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         loss = F.binary_cross_entropy_with_logits(logits, target)
         if self.dice is not None:
-            loss = loss + self.dice_weight * self.dice(logits[:, None], target[:, None])
+            loss = loss + self.dice_weight * self.dice(logits[:, None], target[:, None]).mean()
+        return loss
+
+    def per_sample(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of each sample ``(B,)``; its mean is :meth:`forward`'s value."""
+        loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(1).mean(1)
+        if self.dice is not None:
+            loss = loss + self.dice_weight * self.dice(logits[:, None], target[:, None]).flatten()
         return loss
 
 
@@ -474,32 +478,23 @@ def evaluate_samples(
     rank: int = 0,
     world_size: int = 1,
     autocast: Any = None,
-) -> tuple[float, float, np.ndarray]:
+) -> tuple[float, float]:
     """Mean loss and mean Dice per (slice, prompt) over a slice set's samples (canonical prompts).
 
     Returns:
-        ``(loss, dice, per_sample_dice)``; with DDP each rank scores its share and the means are global
-        (``per_sample_dice`` holds the rank's own samples).
+        ``(loss, dice)``; with DDP each rank scores its share and the means are global.
     """
     forward.net.eval()
     rows_all = np.arange(len(slice_set))[rank::world_size]
     sums = torch.zeros(3, dtype=torch.float64, device=device)
-    dices = []
     for start in range(0, rows_all.size, batch_size):
         rows = rows_all[start : start + batch_size]
         batch = _gather(slice_set, rows, forward.cache is None, device)
         prompts = [slice_set.prompt(int(s)) for s in batch["structures"]]
         with autocast or nullcontext():
             logits = forward(batch["images"], batch["slices"], prompts).float()
-        loss = F.binary_cross_entropy_with_logits(logits, batch["masks"], reduction="none").flatten(1).mean(1)
-        if criterion.dice is not None:
-            per = [
-                criterion.dice(logits[i : i + 1, None], batch["masks"][i : i + 1, None])
-                for i in range(len(rows))
-            ]
-            loss = loss + criterion.dice_weight * torch.stack(per)
+        loss = criterion.per_sample(logits, batch["masks"])
         dice = sample_dice(logits, batch["masks"])
-        dices.append(dice.cpu().numpy())
         sums += torch.stack(
             [loss.sum().double(), dice.sum().double(), torch.tensor(len(rows), device=device).double()]
         )
@@ -507,8 +502,7 @@ def evaluate_samples(
         dist.all_reduce(sums)
     forward.net.train()
     loss_sum, dice_sum, count = sums.tolist()
-    per_sample = np.concatenate(dices) if dices else np.zeros(0)
-    return loss_sum / max(count, 1.0), dice_sum / max(count, 1.0), per_sample
+    return loss_sum / max(count, 1.0), dice_sum / max(count, 1.0)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -530,12 +524,17 @@ def _load_trainable(net: CLIPSegNet, state: dict[str, torch.Tensor]) -> None:
             params[name].copy_(value)
 
 
+def _slices_dir(config: CLIPSegTrainConfig) -> Path:
+    """Parent folder of slice sets and disk encoder caches: ``data.slices_dir``, else ``<run_dir>/slices``."""
+    return Path(config.data.slices_dir or Path(config.run_dir) / "slices")
+
+
 def build_sets(config: CLIPSegTrainConfig, progress: bool) -> tuple[SliceSet, SliceSet | None]:
     """The training and validation slice sets of a config (built once into ``data.slices_dir``)."""
     data = config.data
     if not data.train_lists:
         raise ConfigError("data.train_lists is empty: name at least one list file of training cases")
-    root = Path(data.slices_dir) if data.slices_dir else Path(config.run_dir) / "slices"
+    root = _slices_dir(config)
     kwargs = {"data_root": data.data_root or None, "default_dataset": data.default_dataset or None}
     train_set = build_slice_set(cases_from_lists(data.train_lists, **kwargs), config.slicing, root, progress)
     val_set = None
@@ -626,7 +625,7 @@ def train_clipseg(
             if use_cache:
                 start = time.perf_counter()
                 storage = "disk" if config.cache == "disk" else "memory"
-                folder = Path(config.data.slices_dir or run_dir / "slices")
+                folder = _slices_dir(config)
                 prompts = sorted({p for s in range(len(train_set.structures)) for p in train_set.prompts(s)})
                 common = {
                     "storage": storage,
@@ -765,7 +764,7 @@ def train_clipseg(
                 val_loss = val_dice = float("nan")
                 improved = False
                 if val_set is not None:
-                    val_loss, val_dice, _ = evaluate_samples(
+                    val_loss, val_dice = evaluate_samples(
                         val_forward,
                         val_set,
                         criterion,
@@ -895,13 +894,3 @@ def train_clipseg(
             model = optimizer = None
             gc.collect()
         context.stop(barrier=finished)
-
-
-def config_from_dict(data: dict[str, Any]) -> CLIPSegTrainConfig:
-    """A config from a nested dict (e.g. a checkpoint's ``config``), with the loader's checks."""
-    return dataclass_from_dict(CLIPSegTrainConfig, data, source="dict")
-
-
-def with_overrides(config: CLIPSegTrainConfig, overrides: list[str]) -> CLIPSegTrainConfig:
-    """A copy of ``config`` with ``--key=value`` overrides applied."""
-    return apply_dataclass_overrides(copy.deepcopy(config), overrides)

@@ -316,7 +316,7 @@ class TrainConfig:
             ConfigError: an unknown key (the message lists the valid ones), a value of the wrong type, or a
                 value out of range.
         """
-        return _build(cls, data, prefix="", source=source)
+        return dataclass_from_dict(cls, data, source)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (what ``config.yaml`` in the run folder holds)."""
