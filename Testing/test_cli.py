@@ -12,6 +12,13 @@ from conftest import shared_path
 
 from TextGuidedSegLib.cli import main
 from TextGuidedSegLib.io import load_volume
+from TextGuidedSegLib.registry import HOME_ENV
+
+
+@pytest.fixture(autouse=True)
+def private_home(tmp_path, monkeypatch) -> None:
+    """Bundle names resolve against an empty per-test cache, never the user's."""
+    monkeypatch.setenv(HOME_ENV, str(tmp_path / "home"))
 
 
 def test_segment_writes_label_map_on_the_input_grid(tmp_path: Path, make_bundle, caplog) -> None:

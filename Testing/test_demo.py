@@ -156,11 +156,14 @@ def test_demo_command_passes_its_options(tmp_path: Path, monkeypatch, capsys) ->
         )
 
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
-    args = ["demo", "-o", str(tmp_path), "--input", "ct.nii.gz", "-p", "liver", "-b", "b.zip", "--seed", "3"]
+    bundle = tmp_path / "b.zip"
+    bundle.touch()  # --bundle is resolved (a path, registry or installed name) before the demo runs
+    args = ["demo", "-o", str(tmp_path), "--input", "ct.nii.gz", "-p", "liver", "-b", str(bundle)]
+    args += ["--seed", "3"]
     assert main([*args, "--device", "cpu", "--overlap", "0.25", "--no-progress"]) == 0
     assert calls == {
         "output_dir": str(tmp_path),
-        "bundle": "b.zip",
+        "bundle": bundle,
         "input": "ct.nii.gz",
         "prompt": "liver",
         "device": "cpu",

@@ -184,7 +184,7 @@ def test_download_through_an_injected_opener_and_a_failing_one(tmp_path, tiny_zi
         raise OSError("proxy refused the connection")
 
     other = RegistryEntry(name="other", version="1", url="https://example.invalid/o.zip", sha256="1" * 64)
-    with pytest.raises(RegistryError, match="proxy refused.*import it"):
+    with pytest.raises(RegistryError, match="proxy refused.*`textguidedseg bundles pull NAME --file PATH`"):
         BundleStore(root=root, entries=[other]).fetch(other, opener=refused)
     assert leftovers(root) == ["remote-2.zip"]
 
@@ -250,7 +250,7 @@ def test_failed_final_move_keeps_the_cached_copy(tmp_path, make_bundle, monkeypa
             raise OSError("disk full")
         return real_replace(src, dst)
 
-    monkeypatch.setattr("TextGuidedSegLib.registry.os.replace", failing_replace)
+    monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         store.import_bundle(make_bundle(name="kept", seed=3))  # a folder would replace the zip
     assert leftovers(root) == ["kept-0.1.0.zip"]
@@ -269,3 +269,116 @@ def test_clear_removes_cached_bundles_only(tmp_path, make_bundle):
     assert store.cached() == [] and leftovers(store.root) == []
     assert store.path(shipped) == resources / "shipped"
     assert BundleStore(root=tmp_path / "never-made", entries=[]).clear() == 0
+
+
+# -- the shipped MONAI and Universal Model entries --------------------------------------------------------
+
+#: registry entry -> (MONAI model-zoo folder in shared/, weights path in its large_files.yml)
+MONAI_ENTRIES = {
+    "wholebody_ct_highres": ("wholeBody_ct_segmentation", "models/model.pt"),
+    "wholebody_ct_lowres": ("wholeBody_ct_segmentation", "models/model_lowres.pt"),
+    "swin_unetr_btcv": ("swin_unetr_btcv_segmentation", "models/model.pt"),
+    "spleen_ct": ("spleen_ct_segmentation", "models/model.pt"),
+}
+
+
+def channel_names(metadata: dict) -> list[str]:
+    """The foreground channel names of a MONAI metadata.json, in channel order."""
+    channels = metadata["network_data_format"]["outputs"]["pred"]["channel_def"]
+    return [channels[k] for k in sorted(channels, key=int) if int(k) != 0]
+
+
+@pytest.mark.parametrize("name", sorted(MONAI_ENTRIES))
+def test_shipped_monai_entries_match_the_published_bundles(name):
+    import yaml
+    from conftest import shared_path
+
+    from TextGuidedSegLib.registry import DEFAULT_PREFERENCE, RESOURCES_DIR
+    from TextGuidedSegLib.registry.cache import config_vocabulary
+    from TextGuidedSegLib.taxonomy import resolve_structure_name
+    from TextGuidedSegLib.taxonomy.anatomy import get_vocabulary
+
+    folder, weights = MONAI_ENTRIES[name]
+    zoo = shared_path("monai_model_zoo", folder)
+    entry = BundleStore(entries=load_registry()).entry(name)
+    published = {f["path"]: f for f in yaml.safe_load((zoo / "large_files.yml").read_text())["large_files"]}
+    assert published[weights]["hash_type"] == "md5"
+    assert (entry.kind, entry.url, entry.md5) == (
+        "monai",
+        published[weights]["url"],
+        published[weights]["hash_val"],
+    )
+    metadata = json.loads((zoo / "configs" / "metadata.json").read_text())
+    assert entry.version == metadata["version"]
+    vocabulary = get_vocabulary()
+    assert list(entry.vocabulary) == [
+        vocabulary[resolve_structure_name(n)].name for n in channel_names(metadata)
+    ]
+    assert entry.license == "Apache-2.0" and not entry.license_acceptance
+    assert entry.import_config == f"monai/{name}.json"
+    translated = RESOURCES_DIR / entry.import_config
+    if translated.is_file():  # written by the MONAI importer's maintainers
+        config = json.loads(translated.read_text())
+        assert config_vocabulary(config, translated) == list(entry.vocabulary)
+        assert str(config.get("version")) == entry.version
+    assert name in DEFAULT_PREFERENCE or name == "spleen_ct"
+
+
+def test_the_universal_entry_is_licence_gated_and_never_a_default():
+    from TextGuidedSegLib.registry import DEFAULT_PREFERENCE
+    from TextGuidedSegLib.taxonomy import get_taxonomy
+
+    entry = BundleStore(entries=load_registry()).entry("universal_swinunetr")
+    assert entry.kind == "universal" and entry.license_acceptance
+    assert (
+        entry.license == "CC-BY-NC-ND-4.0"
+        and "creativecommons.org/licenses/by-nc-nd/4.0" in entry.license_url
+    )
+    assert entry.md5 is None and entry.sha256 is None and "no checksum" in entry.description
+    assert entry.url.startswith("https://www.dropbox.com/") and entry.url.endswith("swinunetr.pth?dl=1")
+    assert list(entry.vocabulary) == get_taxonomy("universal32").names
+    assert entry.name not in DEFAULT_PREFERENCE
+
+
+def test_pulling_spleen_ct_converts_published_layout_weights_end_to_end(tmp_path):
+    """The shipped spleen_ct entry pulled from a file:// copy of random weights saved as MONAI saves them
+    (the network built by monai.bundle.ConfigParser from the published inference.json, a trusted fixture)."""
+    import torch
+    from conftest import shared_path
+    from monai.bundle import ConfigParser
+
+    from TextGuidedSegLib.bundle import load_bundle
+    from TextGuidedSegLib.registry import RESOURCES_DIR
+
+    pytest.importorskip("TextGuidedSegLib.importers.monai_bundle")
+    zoo = shared_path("monai_model_zoo", "spleen_ct_segmentation")
+    parser = ConfigParser()
+    parser.read_config(zoo / "configs" / "inference.json")
+    torch.manual_seed(0)
+    network = parser.get_parsed_content("network_def")
+    weights = tmp_path / "published" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(network.state_dict(), weights)
+
+    resources = RESOURCES_DIR
+    if not (RESOURCES_DIR / "monai" / "spleen_ct.json").is_file():  # until the shipped translation lands
+        from TextGuidedSegLib.importers.monai_bundle import translate_monai_bundle
+
+        resources = tmp_path / "resources"
+        (resources / "monai").mkdir(parents=True)
+        config = translate_monai_bundle(zoo, name="spleen_ct")
+        (resources / "monai" / "spleen_ct.json").write_text(json.dumps(config))
+    shipped = BundleStore(entries=load_registry()).entry("spleen_ct")
+    md5 = hashlib.md5(weights.read_bytes()).hexdigest()
+    entry = RegistryEntry.from_dict({**shipped.to_dict(), "url": weights.as_uri(), "md5": md5})
+    store = BundleStore(root=tmp_path / "home" / "bundles", entries=[entry], resources=resources)
+    path = store.fetch(entry)
+    assert leftovers(store.root) == ["spleen_ct-0.5.9"]
+    bundle = load_bundle(path)
+    assert (bundle.config.name, bundle.config.version) == ("spleen_ct", "0.5.9")
+    assert bundle.vocabulary == ["Spleen"]
+    ours = bundle.model.state_dict()
+    for key, value in network.state_dict().items():
+        (match,) = [k for k in ours if k == key or k.endswith(f".{key}")]
+        assert torch.equal(ours[match], value), key
+    assert json.loads((path / "source.json").read_text())["md5"] == md5

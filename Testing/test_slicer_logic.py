@@ -710,6 +710,49 @@ def test_prompt_completion_and_the_structure_list(mrml):
     assert toggle_structure("", "Spleen", True, None) == "Spleen"
 
 
+def test_the_structure_list_and_completer_grow_to_a_large_bundle_vocabulary(mrml):
+    from TextGuidedSegLogic.prompts import (
+        completion_vocabulary,
+        filter_structure_names,
+        structures_in_prompt,
+        taxonomy_for_names,
+    )
+
+    from TextGuidedSegLib.registry import BundleStore
+
+    entry = BundleStore().entry("wholebody_ct_highres")
+    names = list(entry.vocabulary)
+    assert len(names) == 104
+    taxonomy = taxonomy_for_names(names)
+    assert taxonomy is not None and taxonomy.names == names
+    offered = completion_vocabulary(names)
+    assert offered[:104] == names
+    for phrase in ("Ribs", "Lumbar Vertebrae", "Heart", "Lungs", "IVC", "kidney"):
+        assert phrase.casefold() in {o.casefold() for o in offered}, phrase
+    assert structures_in_prompt("ribs on the left", taxonomy) == [f"Left Rib {i}" for i in range(1, 13)]
+    shown = [n for n, keep in zip(names, filter_structure_names(names, "rib LEFT"), strict=True) if keep]
+    assert shown == [f"Left Rib {i}" for i in range(1, 13)]
+    assert all(filter_structure_names(names, "  "))
+    assert taxonomy_for_names(["Liver", "Not A Structure"]) is None
+
+
+def test_bundle_choices_show_licence_size_and_acceptance(mrml, logic_module, tmp_path, monkeypatch):
+    from TextGuidedSegLib.registry import BundleStore
+
+    monkeypatch.setenv("TEXTGUIDEDSEG_HOME", str(tmp_path))
+    logic = logic_module.TextGuidedSegLogic(store=BundleStore())
+    choices = {c.key.split("==")[0]: c for c in logic.bundle_choices()}
+    wholebody = choices["wholebody_ct_highres"]
+    assert not wholebody.available and not wholebody.needs_license_acceptance
+    assert wholebody.license == "Apache-2.0" and "104 structures" in wholebody.label
+    gated = [c for c in choices.values() if c.needs_license_acceptance]
+    assert gated, "the registry offers a licence-gated (non-commercial) bundle"
+    assert "must be accepted" in gated[0].label
+    logic.accept_license(gated[0].key.split("==")[0])
+    again = {c.key: c for c in logic.bundle_choices()}
+    assert not again[gated[0].key].needs_license_acceptance
+
+
 def test_dependency_check_reports_missing_and_old_packages(mrml):
     from TextGuidedSegLogic.dependencies import (
         REQUIREMENTS,
@@ -792,24 +835,33 @@ def test_oriented_images_convert_with_their_extent(mrml, logic_module):
     np.testing.assert_array_equal(scalars, (voxels > 100).astype(np.uint8))
 
 
-def test_terminology_context_makes_our_codes_known_to_slicer(mrml, tmp_path):
+@pytest.mark.parametrize("context", ["TextGuidedSeg", "Total Segmentator"])
+def test_terminology_context_makes_our_codes_known_to_slicer(mrml, tmp_path, context):
     """Structures Slicer's General Anatomy list lacks resolve once the module's context file is loaded."""
     from TextGuidedSegLogic.terminology import write_terminology_context
 
-    from TextGuidedSegLib.taxonomy import TEXTGUIDEDSEG_CONTEXT, get_taxonomy
+    from TextGuidedSegLib.taxonomy import get_vocabulary
 
-    path = write_terminology_context(tmp_path)
+    context_name = f"Segmentation category and type - {context}"
+    path = write_terminology_context(tmp_path, context_name=context_name)
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
-    assert terminologies.LoadTerminologyFromFile(str(path)) == TEXTGUIDEDSEG_CONTEXT
-    ours = [s for s in get_taxonomy() if s.terminology.context_name == TEXTGUIDEDSEG_CONTEXT]
-    assert len(ours) >= 5
+    assert terminologies.LoadTerminologyFromFile(str(path)) == context_name
+    vocabulary = get_vocabulary()
+    ours = [vocabulary.structure(e.class_name) for e in vocabulary.structures]
+    ours = [s for s in ours if s.terminology.context_name == context_name]
+    assert len(ours) >= (5 if context == "TextGuidedSeg" else 100)
+    shown = 0
     for structure in ours:
         entry = slicer.vtkSlicerTerminologyEntry()
         assert terminologies.DeserializeTerminologyEntry(structure.terminology.slicer_entry(), entry)
-        assert terminologies.UpdateEntryFromLoadedTerminologies(entry, [TEXTGUIDEDSEG_CONTEXT], [])
+        assert terminologies.UpdateEntryFromLoadedTerminologies(entry, [context_name], [])
         coded = entry.GetTypeModifierObject() if structure.terminology.modifier else entry.GetTypeObject()
-        assert tuple(coded.GetRecommendedDisplayRGBValue()) == structure.terminology.color, structure.name
-        assert coded.GetSlicerLabel() == structure.name.lower()
+        assert coded.GetCodeValue() == (structure.terminology.modifier or structure.terminology.type).value
+        # codes shared by several structures (TotalSegmentator's "Vertebra" for each region) show the first
+        if coded.GetSlicerLabel() == structure.name.lower():
+            assert tuple(coded.GetRecommendedDisplayRGBValue()) == structure.terminology.color, structure.name
+            shown += 1
+    assert shown >= 0.9 * len(ours), (shown, len(ours))
 
 
 def test_importing_the_logic_imports_no_model_stack(mrml):
@@ -829,3 +881,69 @@ def test_importing_the_logic_imports_no_model_stack(mrml):
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- a published model's layout: an imported MONAI wholeBody bundle -----------------------------------------
+
+
+@pytest.mark.slow
+def test_an_imported_wholebody_bundle_segments_the_shared_ct_with_coded_segments(
+    mrml, logic_module, scene, tmp_path
+):
+    """MONAI's wholeBody_ct_segmentation (3 mm, random weights in its own layout) imported and run from the
+    panel's logic: 104 structures on offer; the requested ones written with their vocabulary codes, voxel
+    for voxel the library's label map."""
+    import shutil
+
+    import torch
+    from monai.networks.nets import SegResNet
+
+    from TextGuidedSegLib.bundle import load_bundle
+    from TextGuidedSegLib.importers.monai_bundle import import_monai_bundle
+    from TextGuidedSegLib.inference import Segmenter
+    from TextGuidedSegLib.io import load_volume
+    from TextGuidedSegLib.taxonomy import get_vocabulary
+
+    source = tmp_path / "wholeBody_ct_segmentation"
+    zoo = shared_path("monai_model_zoo", "wholeBody_ct_segmentation")
+    shutil.copytree(zoo / "configs", source / "configs")
+    (source / "models").mkdir()
+    torch.manual_seed(0)
+    network = SegResNet(  # the network_def of its inference.json
+        spatial_dims=3, in_channels=1, out_channels=105, init_filters=32,
+        blocks_down=[1, 2, 2, 4], blocks_up=[1, 1, 1], dropout_prob=0.2,
+    )  # fmt: skip
+    with torch.no_grad():  # let the requested channels (spleen 1, kidneys 2-3, liver 5, aorta 7) compete
+        final = network.conv_final[-1].conv
+        final.weight.mul_(20.0)
+        final.bias.fill_(-50.0)
+        final.bias[[1, 2, 3, 5, 7]] = 0.0
+    torch.save(network.state_dict(), source / "models" / "model_lowres.pt")
+    bundle = import_monai_bundle(source, source / "models" / "model_lowres.pt", tmp_path / "wholebody_lowres")
+
+    ct = shared_path("totalseg", "example_ct.nii.gz")  # 122 x 101 x 112, 3 mm
+    volume_node = read_volume_node(scene, ct, "CT")
+    logic = logic_module.TextGuidedSegLogic()
+    assert len(logic.vocabulary(str(bundle))) == 104
+    prompt = "liver, spleen, both kidneys and the aorta"
+    outputs = logic.segment(volume_node, prompt, bundle=str(bundle))
+    segmentation = outputs.segmentation_node.GetSegmentation()
+    names = [segmentation.GetSegment(s).GetName() for s in outputs.segment_ids]
+    assert names == ["Liver", "Spleen", "Right Kidney", "Left Kidney", "Aorta"]
+    vocabulary = get_vocabulary()
+    expected = Segmenter(load_bundle(bundle), device="cpu", progress=False).segment(load_volume(ct), prompt)
+    present = 0
+    for label_id, (segment_id, class_name) in enumerate(
+        zip(outputs.segment_ids, ["liver", "spleen", "right_kidney", "left_kidney", "aorta"], strict=True),
+        start=1,
+    ):
+        segment = segmentation.GetSegment(segment_id)
+        tag = vtk.reference("")
+        assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag)
+        terminology = vocabulary[class_name].terminology
+        assert str(tag) == terminology.slicer_entry(), class_name
+        assert [round(c * 255) for c in segment.GetColor()] == list(terminology.color), class_name
+        mask = segment_mask(outputs.segmentation_node, segment_id, volume_node)
+        np.testing.assert_array_equal(mask, expected.labels == label_id, err_msg=class_name)
+        present += bool(mask.any())
+    assert present >= 2, "the random model answered too few of the requested structures to compare"

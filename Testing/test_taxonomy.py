@@ -15,6 +15,7 @@ from TextGuidedSegLib.taxonomy import (
     ANATOMIC_REGION_CONTEXT,
     SLICER_GENERAL_ANATOMY_CONTEXT,
     TEXTGUIDEDSEG_CONTEXT,
+    TOTALSEGMENTATOR_CONTEXT,
     Code,
     PromptError,
     Structure,
@@ -71,11 +72,14 @@ UNIVERSAL_MODEL_NAMES = [
     "Prostate", "Left Head of Femur", "Right Head of Femur", "Celiac Trunk", "Kidney Tumor", "Liver Tumor",
     "Pancreas Tumor", "Hepatic Vessel Tumor", "Lung Tumor", "Colon Tumor", "Kidney Cyst",
 ]  # fmt: skip
-# Structures whose codes are this project's own additions (absent from Slicer's General Anatomy list).
-OUR_ADDITIONS = {
+# Structures absent from Slicer's General Anatomy list: coded by TotalSegmentator's mapping where it has them,
+# else this project's own additions.
+FROM_TOTALSEGMENTATOR = {
     "inferior_vena_cava": "64131007",
-    "portal_vein_and_splenic_vein": "32764006",
+    "portal_vein_and_splenic_vein": "110765007",
     "hepatic_vessel": "59820001",
+}
+OUR_ADDITIONS = {
     "rectum": "34402009",
     "left_femoral_head": "2812003",
     "right_femoral_head": "2812003",
@@ -125,7 +129,9 @@ def test_every_structure_has_codes_colour_and_consistent_laterality(taxonomy):
         assert len(t.color) == 3 and all(isinstance(c, int) and 0 <= c <= 255 for c in t.color), s.class_name
         assert t.category.scheme == "SCT" and t.type.scheme == "SCT", s.class_name
         assert t.type.value.isdigit() and t.type.meaning, s.class_name
-        assert t.context_name in (SLICER_GENERAL_ANATOMY_CONTEXT, TEXTGUIDEDSEG_CONTEXT), s.class_name
+        assert t.context_name in (
+            SLICER_GENERAL_ANATOMY_CONTEXT, TEXTGUIDEDSEG_CONTEXT, TOTALSEGMENTATOR_CONTEXT
+        ), s.class_name  # fmt: skip
         assert t.region_context_name == ANATOMIC_REGION_CONTEXT
         expected_side = s.class_name.split("_")[0] if s.class_name.startswith(("right_", "left_")) else None
         assert s.laterality == expected_side, s.class_name
@@ -164,10 +170,12 @@ def test_our_additions_are_marked_and_coded(taxonomy):
         for s in taxonomy
         if not s.terminology.from_slicer_general_anatomy
     }
-    assert additions == OUR_ADDITIONS
+    assert additions == {**FROM_TOTALSEGMENTATOR, **OUR_ADDITIONS}
     for class_name in OUR_ADDITIONS:
         assert taxonomy[class_name].terminology.context_name == TEXTGUIDEDSEG_CONTEXT
         assert taxonomy[class_name].terminology.category == Code("SCT", "123037004", "Anatomical Structure")
+    for class_name in FROM_TOTALSEGMENTATOR:
+        assert taxonomy[class_name].terminology.context_name == TOTALSEGMENTATOR_CONTEXT
 
 
 def test_codes_and_colours_match_slicer_general_anatomy(taxonomy, slicer_anatomy):
@@ -197,7 +205,7 @@ def test_codes_and_colours_match_slicer_general_anatomy(taxonomy, slicer_anatomy
             expected_color = modifier["recommendedDisplayRGBValue"]
         assert list(t.color) == expected_color, s.class_name
         checked += 1
-    assert checked == 32 - len(OUR_ADDITIONS)
+    assert checked == 32 - len(OUR_ADDITIONS) - len(FROM_TOTALSEGMENTATOR)
 
 
 def test_slicer_entry_strings(taxonomy):
@@ -211,9 +219,10 @@ def test_slicer_entry_strings(taxonomy):
         "~Anatomic codes - DICOM master list~SCT^64033007^Kidney~^^"
     )
     assert taxonomy["inferior_vena_cava"].terminology.slicer_entry() == (
-        "Segmentation category and type - TextGuidedSeg~SCT^123037004^Anatomical Structure"
+        "Segmentation category and type - Total Segmentator~SCT^123037004^Anatomical Structure"
         "~SCT^64131007^Inferior vena cava~^^~Anatomic codes - DICOM master list~^^~^^"
     )
+    assert taxonomy["celiac_trunk"].terminology.slicer_entry().startswith(TEXTGUIDEDSEG_CONTEXT + "~")
     for s in taxonomy:
         assert len(s.terminology.slicer_entry().split("~")) == 7
 
@@ -297,21 +306,33 @@ def test_dict_round_trip(taxonomy):
     )
     small = taxonomy.subset(["kidney_cyst", "spleen"], name="two")
     assert Taxonomy.from_dict(json.loads(json.dumps(small.to_dict()))) == small
+    # Full records (older bundles) read back equal; vocabulary structures are written as class names.
+    assert Taxonomy.from_dict(full_records(small)) == small
+    assert small.to_dict()["structures"] == ["kidney_cyst", "spleen"]
+    renamed = dataclasses.replace(taxonomy["liver"], name="My Liver", label_id=1)
+    custom = Taxonomy(name="custom", structures=(renamed,))
+    assert custom.to_dict()["structures"] == [renamed.to_dict()]
+    assert Taxonomy.from_dict(custom.to_dict()) == custom
     # The shipped resource is in canonical form: what to_dict writes.
     raw = json.loads((RESOURCES_DIR / "universal32.json").read_text(encoding="utf-8"))
     assert raw["structures"] == data["structures"]
 
 
+def full_records(taxonomy: Taxonomy) -> dict:
+    """A taxonomy dict with every structure as its full record (the form of older bundles)."""
+    return {**taxonomy.to_dict(), "structures": [s.to_dict() for s in taxonomy]}
+
+
 def test_from_dict_validates(taxonomy):
-    data = taxonomy.subset(["liver", "spleen"]).to_dict()
+    data = full_records(taxonomy.subset(["liver", "spleen"]))
     data["structures"][1]["label_id"] = 5
     with pytest.raises(ValueError, match="label ids must be 1..n"):
         Taxonomy.from_dict(data)
-    data = taxonomy.subset(["liver"]).to_dict()
+    data = full_records(taxonomy.subset(["liver"]))
     data["structures"][0]["terminology"]["color"] = [0, 300, 0]
     with pytest.raises(ValueError, match=r"color must be three integers in \[0, 255\]"):
         Taxonomy.from_dict(data)
-    data = taxonomy.subset(["liver"]).to_dict()
+    data = full_records(taxonomy.subset(["liver"]))
     del data["structures"][0]["prompt"]
     with pytest.raises(ValueError, match=r"missing keys \['prompt'\]"):
         Taxonomy.from_dict(data)
@@ -319,6 +340,10 @@ def test_from_dict_validates(taxonomy):
     data["format_version"] = 99
     with pytest.raises(ValueError, match="newer than this library reads"):
         Taxonomy.from_dict(data)
+    with pytest.raises(ValueError, match="'livr' is not a structure of the anatomy vocabulary; did you mean"):
+        Taxonomy.from_dict({"name": "x", "structures": ["livr"]})
+    with pytest.raises(ValueError, match="is a group of structures"):
+        Taxonomy.from_dict({"name": "x", "structures": ["vertebrae"]})
     with pytest.raises(ValueError, match="needs the terminology modifier"):
         dataclasses.replace(taxonomy["right_kidney"], laterality="left")
 

@@ -190,6 +190,39 @@ def test_torchrun_two_ranks_agree_and_resume_exactly(phantom_lists, tmp_path):
     assert read_metrics(tmp_path / "b")[-1]["param_digests"] == end["param_digests"]
 
 
+@pytest.mark.slow
+def test_torchrun_refuses_once_then_splits_the_global_batch(phantom_lists, tmp_path):
+    """grad_accum counts micro-steps over all processes: an odd one is refused on 2 processes before training
+    (one line, from rank 0); grad_accum=2 on 2 processes (1 micro-step each) takes the first step of one
+    process with 2 micro-steps (same draws, same loss)."""
+    config = tiny_config(phantom_lists, tmp_path / "ddp", grad_accum=1, max_steps=2)
+    config_file = write_config(tmp_path / "config.yaml", config)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command = [*torchrun, str(TRAIN_SCRIPT), "--config", str(config_file)]
+    env = subprocess_env()
+    refused = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT
+    )
+    output = refused.stdout + refused.stderr
+    line = (
+        "error: grad_accum=1 cannot be split over 2 processes (grad_accum counts micro-steps over all "
+        "processes): set grad_accum to a multiple of 2 (e.g. --grad_accum=2) or run with 1 process"
+    )
+    assert refused.returncode != 0 and output.count(line) == 1, output[-4000:]
+    assert f'{TRAIN_SCRIPT}", line' not in output, "a worker printed a traceback"
+    assert "exitcode  : 2" in output  # torchrun's own summary of the workers' exit status
+    assert not (tmp_path / "ddp").exists(), "nothing may start before the check"
+
+    run_checked([*command, "--grad_accum=2"])
+    records = read_metrics(tmp_path / "ddp")
+    assert records[-1]["param_digests"][0] == records[-1]["param_digests"][1]
+    log = (tmp_path / "ddp" / "train.log").read_text()
+    assert "global batch: 2 crops per step = 2 process(es) x 1 micro-step(s) x 1 image(s) x 1 crop(s)" in log
+    single = tiny_config(phantom_lists, tmp_path / "single", grad_accum=2, max_steps=1)
+    train(TrainConfig.from_dict(single))
+    assert step_losses(tmp_path / "ddp")[1] == pytest.approx(step_losses(tmp_path / "single")[1], abs=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 2. SIGKILL mid-epoch, --resume auto: bit-identical final weights
 # ----------------------------------------------------------------------------------------------------------

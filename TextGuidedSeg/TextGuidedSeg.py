@@ -99,12 +99,22 @@ class TextGuidedSeg(ScriptedLoadableModule):
 
 
 def loadTerminologyContext() -> None:
-    """Load the terminology context of the structures Slicer's General Anatomy list lacks (e.g. the IVC)."""
+    """Load the terminology contexts of the structures Slicer's General Anatomy list lacks: ours (the femoral
+    heads, ...) and TotalSegmentator's (the IVC, ribs, vertebrae, ...) unless SlicerTotalSegmentator did."""
     try:
         from TextGuidedSegLogic.terminology import write_terminology_context
 
-        path = write_terminology_context(os.path.join(slicer.app.cachePath, "TextGuidedSeg"))
-        slicer.modules.terminologies.logic().LoadTerminologyFromFile(str(path))
+        from TextGuidedSegLib.taxonomy import TOTALSEGMENTATOR_CONTEXT
+
+        folder = os.path.join(slicer.app.cachePath, "TextGuidedSeg")
+        terminologies = slicer.modules.terminologies.logic()
+        loaded = vtk.vtkStringArray()
+        terminologies.GetLoadedTerminologyNames(loaded)
+        names = {loaded.GetValue(i) for i in range(loaded.GetNumberOfValues())}
+        terminologies.LoadTerminologyFromFile(str(write_terminology_context(folder)))
+        if TOTALSEGMENTATOR_CONTEXT not in names:
+            path = write_terminology_context(folder, context_name=TOTALSEGMENTATOR_CONTEXT)
+            terminologies.LoadTerminologyFromFile(str(path))
     except Exception:  # noqa: BLE001 - a missing context only affects the terminology selector's display
         logging.exception("TextGuidedSeg: could not load its terminology context")
 
@@ -324,6 +334,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.promptLineEdit.connect("textChanged(QString)", self.onPromptChanged)
         self.ui.promptLineEdit.connect("returnPressed()", self.onApplyButton)
         self.ui.structureListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
+        self.ui.structureSearchLineEdit.connect("textChanged(QString)", self.onStructureSearchChanged)
 
         for key, label in DEVICES:
             self.ui.deviceComboBox.addItem(_(label), key)
@@ -507,11 +518,11 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.bundleInfoLabel.text = choice.description.split("\n")[0] if choice else bundle
         if vocabulary == self._vocabulary:
             return
-        from TextGuidedSegLogic.prompts import vocabulary_taxonomy
+        from TextGuidedSegLogic.prompts import completion_vocabulary, taxonomy_for_names
 
         self._vocabulary = vocabulary
-        self._taxonomy = vocabulary_taxonomy(vocabulary)
-        self.promptCompleter.setVocabulary(vocabulary)
+        self._taxonomy = taxonomy_for_names(vocabulary)
+        self.promptCompleter.setVocabulary(completion_vocabulary(vocabulary))
         self._updatingStructureList = True
         try:
             self.ui.structureListWidget.clear()
@@ -521,7 +532,19 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 item.setCheckState(qt.Qt.Unchecked)
         finally:
             self._updatingStructureList = False
+        self.ui.structureSearchLineEdit.placeholderText = _("Search {count} structures").format(
+            count=len(vocabulary)
+        )
+        self.onStructureSearchChanged(self.ui.structureSearchLineEdit.text)
         self.onPromptChanged(self.ui.promptLineEdit.text)
+
+    def onStructureSearchChanged(self, text: str) -> None:
+        """Show only the structures whose names contain every word typed in the search field."""
+        from TextGuidedSegLogic.prompts import filter_structure_names
+
+        names = [self.ui.structureListWidget.item(r).text() for r in range(self.ui.structureListWidget.count)]
+        for row, shown in enumerate(filter_structure_names(names, text)):
+            self.ui.structureListWidget.item(row).setHidden(not shown)
 
     def onImportBundleFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(
@@ -598,6 +621,8 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ensureDependencies(self._showStatus):
             return
         parameters = self._parameterNode
+        if not self._licenseAccepted(parameters.bundle):
+            return
         with slicer.util.tryWithErrorDisplay(_("Cannot start the segmentation."), waitCursor=True):
             self._job = self.logic.prepare_inputs(
                 parameters.inputVolume,
@@ -614,6 +639,26 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.setRange(0, 0)
             self.ui.statusLabel.text = _("Starting...")
             self._updateButtons()
+
+    def _licenseAccepted(self, bundle: str) -> bool:
+        """Ask once per user before a bundle whose licence must be accepted (non-commercial weights) runs."""
+        choice = self._bundleChoices.get(bundle)
+        if choice is None or not choice.needs_license_acceptance:
+            return True
+        question = _(
+            "The weights of {bundle} are published under the licence {license}, which restricts their use "
+            "(for example to non-commercial research). Do you accept this licence?\n\n{description}"
+        ).format(
+            bundle=choice.label, license=choice.license or _("(not stated)"), description=choice.description
+        )
+        if not slicer.util.confirmYesNoDisplay(question, windowTitle=_("Accept the licence")):
+            self.ui.statusLabel.text = _("Not run: the licence of {bundle} was not accepted.").format(
+                bundle=bundle
+            )
+            return False
+        self.logic.accept_license(bundle)
+        self.populateBundles()
+        return True
 
     def _showStatus(self, text: str) -> None:
         self.ui.statusLabel.text = text
@@ -791,6 +836,16 @@ class TextGuidedSegTest(ScriptedLoadableModuleTest):
             if widget.ui.structureListWidget.item(r).checkState() == qt.Qt.Checked
         ]
         self.assertEqual(ticked, ["Liver", "Spleen"])
+        # the structure search hides what does not match and shows everything again when cleared
+        widget.ui.structureSearchLineEdit.text = "kidney"
+        shown = [
+            widget.ui.structureListWidget.item(r).text()
+            for r in range(widget.ui.structureListWidget.count)
+            if not widget.ui.structureListWidget.item(r).isHidden()
+        ]
+        self.assertEqual(shown, ["Right Kidney", "Left Kidney"])
+        widget.ui.structureSearchLineEdit.text = ""
+        self.assertFalse(any(widget.ui.structureListWidget.item(r).isHidden() for r in range(4)))
         widget.ui.outputSegmentationSelector.setCurrentNode(None)
         self.assertTrue(widget.ui.applyButton.enabled)
         widget.ui.applyButton.click()

@@ -25,6 +25,7 @@ import logging
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,10 @@ GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
 #: Architectures served by another package: architecture -> module exposing ``model_config_from_dict(data)``
 #: and ``load_bundle_model(folder, model_config, source)``; their models write their own weight files with
 #: ``save_bundle_weights(folder)``.
-EXTERNAL_ARCHITECTURES: dict[str, str] = {"clipseg": "TextGuidedSegLib.clipseg.volume"}
+EXTERNAL_ARCHITECTURES: dict[str, str] = {
+    "clipseg": "TextGuidedSegLib.clipseg.volume",
+    "monai": "TextGuidedSegLib.models.monai_network",
+}
 
 
 class BundleError(ValueError):
@@ -73,23 +77,53 @@ def _tuple3(value: Any, name: str) -> tuple[float, float, float] | tuple[int, in
     return values  # type: ignore[return-value]
 
 
+#: Intensity steps a bundle may list (MONAI's array transforms of the same name) and the arguments each takes.
+INTENSITY_STEPS: dict[str, tuple[str, ...]] = {
+    "ScaleIntensityRange": ("a_min", "a_max", "b_min", "b_max", "clip"),
+    "NormalizeIntensity": ("nonzero",),
+    "ScaleIntensity": ("minv", "maxv"),
+}
+_INTERPOLATIONS = ("bilinear", "nearest")
+
+
+def _check_intensity_step(step: Any, position: int) -> dict[str, Any]:
+    """Validate one ``preprocessing.intensity`` entry: ``{"transform": name, <its arguments>}``."""
+    where = f"preprocessing.intensity[{position}]"
+    if not isinstance(step, dict) or step.get("transform") not in INTENSITY_STEPS:
+        raise ValueError(
+            f"{where} must be {{'transform': one of {sorted(INTENSITY_STEPS)}, ...}}, got {step!r}"
+        )
+    allowed = INTENSITY_STEPS[step["transform"]]
+    unknown = sorted(set(step) - {"transform", *allowed})
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown argument(s) {unknown} for {step['transform']}; valid: {list(allowed)}"
+        )
+    return dict(step)
+
+
 @dataclass
 class PreprocessConfig:
     """How a CT is brought into model space.
 
     Args:
         spacing: target voxel size in mm along (x, y, z) after reorientation to RAS.
-        hu_window: (low, high) Hounsfield window mapped to [0, 1] with clipping.
-        crop_foreground: run the model only on the bounding box of voxels above the window's low end (the
-            body), as the trainer's ``CropForegroundd`` does; outside it every probability is 0. Windows of
-            mostly air change the instance-norm statistics of the 3D models, so they need it (on the demo
-            phantoms Dice drops from 0.93-0.96 to 0.64-0.87 without); CLIPSeg bundles, trained on whole
-            slices, do not crop.
+        hu_window: (low, high) Hounsfield window mapped to [0, 1] with clipping (when ``intensity`` is None).
+        crop_foreground: run the model only on the bounding box of voxels above 0 after the intensity steps
+            (for the HU window: above its low end, the body), as the trainer's ``CropForegroundd`` does;
+            outside it every probability is 0. Windows of mostly air change the instance-norm statistics of
+            the 3D models, so they need it (on the demo phantoms Dice drops from 0.93-0.96 to 0.64-0.87
+            without); CLIPSeg bundles (trained on whole slices) and MONAI bundles without the step do not.
+        intensity: ordered intensity steps after resampling, each ``{"transform": name, **arguments}`` with a
+            name of :data:`INTENSITY_STEPS` (MONAI's transform of that name); None: the ``hu_window`` mapping.
+        interpolation: ``Spacing`` interpolation of the image, "bilinear" or "nearest".
     """
 
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
     hu_window: tuple[float, float] = (-175.0, 250.0)
     crop_foreground: bool = True
+    intensity: list[dict[str, Any]] | None = None
+    interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
         self.spacing = tuple(float(s) for s in _tuple3(self.spacing, "preprocessing.spacing"))
@@ -105,6 +139,31 @@ class PreprocessConfig:
             raise ValueError(
                 f"preprocessing.crop_foreground must be true or false, got {self.crop_foreground!r}"
             )
+        if self.intensity is not None:
+            self.intensity = [_check_intensity_step(step, i) for i, step in enumerate(self.intensity)]
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"preprocessing.interpolation must be one of {_INTERPOLATIONS}, got {self.interpolation!r}"
+            )
+
+    def intensity_steps(self) -> list[dict[str, Any]]:
+        """The intensity steps to run: ``intensity``, or the HU window mapped onto [0, 1] with clipping."""
+        if self.intensity is not None:
+            return [dict(step) for step in self.intensity]
+        low, high = self.hu_window
+        return [
+            {
+                "transform": "ScaleIntensityRange",
+                "a_min": low,
+                "a_max": high,
+                "b_min": 0.0,
+                "b_max": 1.0,
+                "clip": True,
+            }
+        ]
+
+
+_PADDING_MODES = ("constant", "reflect", "replicate", "circular")
 
 
 @dataclass
@@ -117,6 +176,7 @@ class InferenceConfig:
         threshold: probability above which a voxel belongs to a structure, in (0, 1).
         sw_batch_size: windows per forward pass.
         blend_mode: "gaussian" or "constant" weighting of overlapping windows.
+        padding_mode: how windows reaching past the image are padded ("constant" zeros, "replicate", ...).
     """
 
     roi_size: tuple[int, int, int] = (96, 96, 96)
@@ -124,6 +184,7 @@ class InferenceConfig:
     threshold: float = 0.5
     sw_batch_size: int = 1
     blend_mode: str = "gaussian"
+    padding_mode: str = "constant"
 
     def __post_init__(self) -> None:
         self.roi_size = tuple(int(s) for s in _tuple3(self.roi_size, "inference.roi_size"))
@@ -136,6 +197,10 @@ class InferenceConfig:
         if self.blend_mode not in ("gaussian", "constant"):
             raise ValueError(
                 f"inference.blend_mode must be 'gaussian' or 'constant', got {self.blend_mode!r}"
+            )
+        if self.padding_mode not in _PADDING_MODES:
+            raise ValueError(
+                f"inference.padding_mode must be one of {_PADDING_MODES}, got {self.padding_mode!r}"
             )
 
 
@@ -281,7 +346,7 @@ class Bundle:
 DERIVED_BUFFERS = ("relative_position_index",)
 
 
-def _is_derived(key: str) -> bool:
+def is_derived_buffer(key: str) -> bool:
     """True for a state-dict key naming a buffer the model rebuilds itself (``DERIVED_BUFFERS``)."""
     return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
 
@@ -295,7 +360,9 @@ def _write_bundle_folder(
         save_weights(folder)
     else:
         state = {
-            k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if not _is_derived(k)
+            k: v.detach().cpu().contiguous()
+            for k, v in model.state_dict().items()
+            if not is_derived_buffer(k)
         }
         save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
     cache.save(folder / CACHE_DIR)
@@ -414,6 +481,30 @@ def _verify_checksums(folder: Path, checksums: dict[str, str], source: Path) -> 
             )
 
 
+def state_dict_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str | None:
+    """Why ``state`` does not load into a model whose state dict is ``expected``, or None when it does.
+
+    Names the first missing, unexpected or mis-shaped key; buffers the model derives from its config
+    (:data:`DERIVED_BUFFERS`) may be absent from ``state`` or present (older bundles stored them).
+    """
+    expected = {k: v for k, v in expected.items() if not is_derived_buffer(k)}
+    state = {k: v for k, v in state.items() if not is_derived_buffer(k)}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    detail = []
+    if missing:
+        detail.append(f"missing {len(missing)} key(s), first {missing[0]!r}")
+    if unexpected:
+        detail.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]!r}")
+    if detail:
+        return "; ".join(detail)
+    for key, tensor in state.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            wanted = tuple(expected[key].shape)
+            return f"weight {key!r} has shape {tuple(tensor.shape)} but the model expects {wanted}"
+    return None
+
+
 def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None:
     """Load safetensors weights into ``model``, naming any missing, unexpected or mis-shaped key."""
     try:
@@ -421,28 +512,14 @@ def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None
     except Exception as err:  # safetensors raises its own SafetensorError
         raise BundleError(f"{source}/{WEIGHTS_FILE}: cannot read weights ({err})") from err
     built = model.state_dict()
-    expected = {k: v for k, v in built.items() if not _is_derived(k)}
-    state = {k: v for k, v in state.items() if not _is_derived(k)}  # older bundles stored them
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        detail = []
-        if missing:
-            detail.append(f"missing {len(missing)} key(s), first {missing[0]!r}")
-        if unexpected:
-            detail.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]!r}")
+    problem = state_dict_mismatch(built, state)
+    if problem is not None:
         raise BundleError(
             f"{source}: {WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE} "
-            f"({model.config.architecture}, feature_size {model.config.feature_size}): " + "; ".join(detail)
+            f"({model.config.architecture}, feature_size {model.config.feature_size}): {problem}"
         )
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise BundleError(
-                f"{source}: weight {key!r} has shape {tuple(tensor.shape)} in {WEIGHTS_FILE} but the "
-                f"model in {CONFIG_FILE} expects {tuple(expected[key].shape)}; "
-                "the config does not match the weights"
-            )
-    derived = {k: v for k, v in built.items() if _is_derived(k)}
+    state = {k: v for k, v in state.items() if not is_derived_buffer(k)}
+    derived = {k: v for k, v in built.items() if is_derived_buffer(k)}
     model.load_state_dict({**derived, **state}, strict=True)
 
 
@@ -500,6 +577,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "description": config.description,
         "license": config.license,
         "architecture": config.model.architecture,
+        "network": getattr(config.model, "network", None),  # an imported MONAI network's class
         "mode": config.model.mode,
         "feature_size": config.model.feature_size,
         "parameters": n_params,

@@ -2,14 +2,19 @@
 
 Examples::
 
-    textguidedseg segment ct.nii.gz --prompt "liver and both kidneys" --bundle demo_bundle -o ct_seg.nii.gz
+    textguidedseg bundles pull wholebody_ct_highres
+    textguidedseg segment ct.nii.gz --prompt "liver and both kidneys" -b wholebody_ct_highres -o seg.nii.gz
+    textguidedseg bundles list
     textguidedseg evaluate --bundle demo_bundle --list phantoms/phantom.txt -o eval_report
     textguidedseg demo -o demo_out
     textguidedseg encode-prompts --encoder openai/clip-vit-base-patch32 -o text_cache
     textguidedseg info demo_bundle
     textguidedseg clipseg-bench --tiny --volumes ct.nii.gz,seg.nii.gz --val-volumes ct2.nii.gz,seg2.nii.gz
 
-Every error names the file or argument at fault and exits with status 2.
+``--bundle`` takes a registry name, an installed bundle's name or a bundle folder/.zip; ``segment`` without it
+uses the first installed of ``wholebody_ct_highres``, ``wholebody_ct_lowres``, ``swin_unetr_btcv``, else the
+built-in phantom demo (with a warning). Every error names the file or argument at fault and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -22,6 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from TextGuidedSegLib import __version__
+from TextGuidedSegLib.cli_bundles import (
+    BUNDLE_HELP,
+    DEFAULT_BUNDLE_HELP,
+    add_bundles_parser,
+    default_bundle,
+    resolve_bundle,
+)
 
 logger = logging.getLogger("textguidedseg")
 
@@ -47,8 +59,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     _label_map_stem(output)  # fail on a bad suffix before any work
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"-o/--output {output} already exists; pass --overwrite to replace it")
+    bundle_path = resolve_bundle(args.bundle) if args.bundle is not None else default_bundle()
     volume = load_volume(args.input)
-    bundle = load_bundle(args.bundle)
+    bundle = load_bundle(bundle_path)
     segmenter = Segmenter(
         bundle,
         device=args.device,
@@ -89,7 +102,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if args.nsd_tolerance < 0:
         raise ValueError(f"--nsd-tolerance must be a distance in mm >= 0, got {args.nsd_tolerance}")
     report = evaluate(
-        load_bundle(args.bundle),
+        load_bundle(resolve_bundle(args.bundle)),
         list_file,
         args.output,
         data_root=args.data_root,
@@ -118,7 +131,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     result = run_demo(
         args.output,
-        bundle=args.bundle if args.bundle is not None else DEFAULT_DEMO_BUNDLE,
+        bundle=resolve_bundle(args.bundle) if args.bundle is not None else DEFAULT_DEMO_BUNDLE,
         input=args.input,
         prompt=args.prompt,
         device=args.device,
@@ -171,19 +184,31 @@ def _cmd_info(args: argparse.Namespace) -> int:
     """Verify a bundle and print what it is and what it understands."""
     from TextGuidedSegLib.bundle import bundle_summary, load_bundle
 
-    summary = bundle_summary(load_bundle(args.bundle))
+    summary = bundle_summary(load_bundle(resolve_bundle(args.bundle)))
     if args.json:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
         return 0
     encoder = summary["text_encoder"]
+    preprocessing = summary["preprocessing"]
+    steps = preprocessing.get("intensity")
+    intensity = (
+        f"HU window {preprocessing['hu_window']}"
+        if steps is None
+        else "intensity " + ", ".join(step["transform"] for step in steps)
+    )
+    network = summary.get("network")
+    model = (
+        f"MONAI {network}, {summary['parameters'] / 1e6:.2f} M parameters"
+        if network
+        else f"{summary['architecture']}, {summary['mode']} mode, feature size {summary['feature_size']}, "
+        f"{summary['parameters'] / 1e6:.2f} M parameters"
+    )
     lines = [
         f"bundle       {summary['name']} v{summary['version']} (checksums verified)",
-        f"model        {summary['architecture']}, {summary['mode']} mode, "
-        f"feature size {summary['feature_size']}, {summary['parameters'] / 1e6:.2f} M parameters",
+        f"model        {model}",
         f"text         {encoder['name_or_path'] if encoder else 'none: cached vocabulary only'}, "
         f"{summary['cached_prompts']} cached prompts",
-        f"spacing      {summary['preprocessing']['spacing']} mm, "
-        f"HU window {summary['preprocessing']['hu_window']}",
+        f"spacing      {preprocessing['spacing']} mm, {intensity}",
         f"inference    ROI {summary['inference']['roi_size']}, overlap {summary['inference']['overlap']}, "
         f"threshold {summary['inference']['threshold']}",
         f"structures   {', '.join(summary['structures'])}",
@@ -316,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     segment.add_argument(
         "--prompt", "-p", required=True, help='structures to segment, e.g. "liver and both kidneys"'
     )
-    segment.add_argument("--bundle", "-b", required=True, help="model bundle folder or .zip")
+    segment.add_argument("--bundle", "-b", help=DEFAULT_BUNDLE_HELP)
     segment.add_argument("--output", "-o", required=True, help="label map to write (.nii.gz, .nii or .nrrd)")
     _add_inference_arguments(segment)
     segment.add_argument("--threshold", type=float, help="probability threshold (default: the bundle's)")
@@ -344,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser(
         "evaluate", help="score a bundle on labelled CTs (Dice, surface Dice) and write a report"
     )
-    evaluate.add_argument("--bundle", "-b", required=True, help="model bundle folder or .zip")
+    evaluate.add_argument("--bundle", "-b", required=True, help=BUNDLE_HELP)
     evaluate.add_argument(
         "--list",
         "-l",
@@ -384,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="liver, spleen and both kidneys",
         help="structures to segment (default: %(default)s)",
     )
-    demo.add_argument("--bundle", "-b", help="model bundle folder or .zip (default: the shipped demo bundle)")
+    demo.add_argument("--bundle", "-b", help=f"{BUNDLE_HELP} (default: the shipped demo bundle)")
     demo.add_argument("--seed", type=int, default=0, help="the phantom's seed (default: 0)")
     _add_inference_arguments(demo)
     demo.set_defaults(func=_cmd_demo)
@@ -440,7 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--volumes", nargs="+", metavar="IMAGE,LABEL[,K0:K1]", help="training volumes (K0:K1: voxel slices k)"
     )
-    bench.add_argument("--val-volumes", nargs="+", metavar="IMAGE,LABEL[,K0:K1]", help="validation volumes")
+    bench.add_argument(
+        "--val-volumes",
+        nargs="+",
+        metavar="IMAGE,LABEL[,K0:K1]",
+        help="validation volumes (default: hold out 20%% of --volumes: whole volumes when 2+, else one block "
+        "of slices, with a warning)",
+    )
     bench.add_argument("--train-list", nargs="+", help="training list files (image<TAB>label a line)")
     bench.add_argument("--val-list", nargs="+", help="validation list files")
     bench.add_argument("--dataset", help="dataset key of the volumes (default: from their folders)")
@@ -468,9 +499,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.set_defaults(func=_cmd_clipseg_bench)
 
     info = commands.add_parser("info", help="verify a bundle and describe it")
-    info.add_argument("bundle", help="bundle folder or .zip")
+    info.add_argument("bundle", help=BUNDLE_HELP)
     info.add_argument("--json", action="store_true", help="print the description as JSON")
     info.set_defaults(func=_cmd_info)
+
+    add_bundles_parser(commands)
     return parser
 
 
@@ -479,17 +512,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(levelname)s %(name)s: %(message)s")
-    from TextGuidedSegLib.text import TextEncoderUnavailableError
-
     # The library's errors are ValueError subclasses (bad input, named in the message), OSError (files) and
     # TextEncoderUnavailableError; anything else is a bug and keeps its traceback.
     try:
         return args.func(args)
-    except (ValueError, OSError, TextEncoderUnavailableError) as err:
+    except Exception as err:
+        if not isinstance(err, _user_errors()):
+            raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else str(err)
         logger.debug("details", exc_info=True)
-        sys.stderr.write(f"textguidedseg {args.command}: error: {message}\n")
+        command = " ".join(filter(None, (args.command, getattr(args, "verb", None))))
+        sys.stderr.write(f"textguidedseg {command}: error: {message}\n")
         return 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors reported as a message with exit status 2. TextEncoderUnavailableError is looked up only when its
+    module was imported (it pulls in torch, which ``bundles list`` must not)."""
+    errors: list[type[BaseException]] = [ValueError, OSError]
+    encoder = sys.modules.get("TextGuidedSegLib.text.encoder")
+    if encoder is not None:
+        errors.append(encoder.TextEncoderUnavailableError)
+    return tuple(errors)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Override any key with --key=value (dotted for sections; values parsed as YAML an
     python Training/train_clipseg.py --config Training/configs/clipseg/flare22.yaml --strategy=lora \\
         --options.lora_rank=16 --slicing.intensity=window
 
-One node, 4 GPUs (DDP; gloo on CPU); batch_size counts samples over all ranks:
+One node, 4 GPUs (DDP; gloo on CPU); batch_size counts samples over ALL processes (the global batch), each of
+N processes takes batch_size / N; a world size that does not divide it is refused before training starts:
     torchrun --standalone --nproc_per_node=4 Training/train_clipseg.py \
         --config Training/configs/clipseg/flare22.yaml
 
@@ -31,18 +32,23 @@ USAGE = __doc__
 
 def main(argv: list[str]) -> int:
     from TextGuidedSegLib.clipseg.model import CLIPSegUnavailableError
-    from TextGuidedSegLib.clipseg.train import load_clipseg_config, train_clipseg
+    from TextGuidedSegLib.clipseg.train import load_clipseg_config, rank_batch_size, train_clipseg
     from TextGuidedSegLib.data.datasets import DatasetListError
-    from TextGuidedSegLib.training.arguments import read_command_line
+    from TextGuidedSegLib.training.arguments import read_command_line, report_error
     from TextGuidedSegLib.training.config import ConfigError
+    from TextGuidedSegLib.training.distributed import DistributedContext
     from TextGuidedSegLib.training.logs import configure_logging
 
     rank = configure_logging()
     arguments = read_command_line(argv, USAGE)
     if isinstance(arguments, int):
         return arguments
-    try:
+    try:  # the config, the processes and the global batch: checked before anything starts, reported once
         config = load_clipseg_config(arguments.config, arguments.overrides)
+        rank_batch_size(config, DistributedContext.from_environment(config.device).world_size)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        return report_error(err, rank)
+    try:
         result = train_clipseg(config, resume=arguments.resume)
     except (ConfigError, DatasetListError, CLIPSegUnavailableError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

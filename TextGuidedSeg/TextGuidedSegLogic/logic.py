@@ -165,6 +165,9 @@ class BundleChoice:
         vocabulary: the structures it segments (completion and the structure list).
         available: usable without a download.
         description: tooltip text.
+        license: licence of the weights ("" when not stated).
+        size: download size in bytes when not yet downloaded and known, else None.
+        needs_license_acceptance: the user must accept the licence (``accept_license``) before it runs.
     """
 
     key: str
@@ -172,6 +175,9 @@ class BundleChoice:
     vocabulary: list[str]
     available: bool
     description: str = ""
+    license: str = ""
+    size: int | None = None
+    needs_license_acceptance: bool = False
 
 
 class SegmentNameConflict(ValueError):
@@ -271,13 +277,23 @@ class TextGuidedSegLogic:
             else:
                 size = f", {entry.size / 2**20:.0f} MB" if entry.size else ""
                 state = f"download{size}"
+            needs_acceptance = not self.store.is_license_accepted(entry)
+            licence = entry.license or "licence not stated"
+            if needs_acceptance:
+                licence += ", must be accepted"
             choices.append(
                 BundleChoice(
                     key=entry.key,
-                    label=f"{entry.name} {entry.version} ({state})",
+                    label=(
+                        f"{entry.name} {entry.version} "
+                        f"({state}; {len(entry.vocabulary)} structures; {licence})"
+                    ),
                     vocabulary=list(entry.vocabulary),
                     available=available,
                     description=f"{entry.description}\nLicence: {entry.license or 'not stated'}",
+                    license=entry.license,
+                    size=None if available else entry.size,
+                    needs_license_acceptance=needs_acceptance,
                 )
             )
         registered = {c.key for c in choices}
@@ -293,6 +309,10 @@ class TextGuidedSegLogic:
                     )
                 )
         return choices
+
+    def accept_license(self, bundle: str) -> None:
+        """Remember that the user accepted the licence of registry bundle ``bundle`` (``name`` or key)."""
+        self.store.accept_license(self.store.entry(bundle))
 
     def vocabulary(self, bundle: str) -> list[str]:
         """Structure names of a bundle (path, registry or imported), without loading it; [] if unknown."""

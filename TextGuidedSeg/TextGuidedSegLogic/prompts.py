@@ -110,16 +110,35 @@ def completion_candidates(vocabulary: Sequence[str], fragment: str) -> list[str]
     return prefix + inside
 
 
-def vocabulary_taxonomy(names: Sequence[str]) -> Taxonomy | None:
-    """The library taxonomy restricted to ``names`` (display names), for parsing prompts against a bundle's
-    vocabulary before the bundle is loaded; None when a name is not a known structure."""
+def taxonomy_for_names(names: Sequence[str]) -> Taxonomy | None:
+    """A taxonomy of the anatomy vocabulary's structures with these display names (a bundle's vocabulary), for
+    parsing prompts before the bundle is loaded; None when a name is not a structure of the vocabulary."""
     if not names:
         return None
-    from TextGuidedSegLib.taxonomy import get_taxonomy
+    from TextGuidedSegLib.taxonomy import get_vocabulary, vocabulary_taxonomy
 
-    taxonomy = get_taxonomy()
-    by_name = {s.name.casefold(): s.class_name for s in taxonomy}
-    class_names = [by_name.get(name.casefold()) for name in names]
-    if None in class_names:
+    vocabulary = get_vocabulary()
+    try:
+        class_names = [vocabulary.resolve_name(name) for name in names]
+        return vocabulary_taxonomy("bundle", class_names)
+    except (KeyError, ValueError):
         return None
-    return taxonomy.subset(class_names)
+
+
+def completion_vocabulary(names: Sequence[str]) -> list[str]:
+    """What the prompt completer offers for a bundle: its structure names, then every other phrase that means
+    some of them (synonyms, "kidneys", wholes and groups such as "Ribs" or "Lumbar Vertebrae")."""
+    taxonomy = taxonomy_for_names(names)
+    if taxonomy is None:
+        return list(names)
+    from TextGuidedSegLib.taxonomy import structure_vocabulary
+
+    seen = {name.casefold() for name in names}
+    return list(names) + [v for v in structure_vocabulary(taxonomy) if v.casefold() not in seen]
+
+
+def filter_structure_names(names: Sequence[str], text: str) -> list[bool]:
+    """For the searchable structure list: whether each name matches the search ``text`` (every word, any
+    order, case-insensitive; an empty search shows all)."""
+    words = text.casefold().split()
+    return [all(word in name.casefold() for word in words) for name in names]

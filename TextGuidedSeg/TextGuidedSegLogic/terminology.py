@@ -1,10 +1,13 @@
-"""The Slicer terminology context of the structures Slicer's General Anatomy list lacks.
+"""The Slicer terminology contexts of the structures Slicer's General Anatomy list lacks.
 
 Segments carry their terminology entry string in any case (codes are in the segment, and saved with it). The
-library codes a few structures itself (the inferior vena cava, the femoral heads, ...) under the context
-``"Segmentation category and type - TextGuidedSeg"``; Slicer's terminology selector shows them once a
-terminology file of that context is loaded. :func:`terminology_context` builds that file from the library's
-taxonomy (the one source of the codes); the module loads it at start-up.
+anatomy vocabulary codes structures absent from Slicer's list with TotalSegmentator's codes (context
+``"Segmentation category and type - Total Segmentator"``, the one SlicerTotalSegmentator loads) or, where
+neither list has them (the femoral heads, the celiac trunk, ...), with the library's own codes (context
+``"Segmentation category and type - TextGuidedSeg"``). Slicer's terminology selector shows them once a
+terminology file of that context is loaded. :func:`terminology_context` builds such a file from the library's
+vocabulary (the one source of the codes); the module loads ours at start-up, and the TotalSegmentator one
+when no other extension has loaded that context already.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from TextGuidedSegLib.taxonomy import Taxonomy
 
 TERMINOLOGY_FILE = "SegmentationCategoryTypeModifier-TextGuidedSeg.term.json"
+#: The TotalSegmentator context written from the vocabulary (loaded only when no extension loaded it).
+TOTALSEGMENTATOR_FILE = "SegmentationCategoryTypeModifier-TotalSegmentator-TextGuidedSeg.term.json"
 SCHEMA = "https://raw.githubusercontent.com/qiicr/dcmqi/master/doc/schemas/segment-context-schema.json#"
 
 
@@ -26,19 +31,25 @@ def _code(code: Any) -> dict[str, str]:
     return {"CodeMeaning": code.meaning, "CodingSchemeDesignator": code.scheme, "CodeValue": code.value}
 
 
-def terminology_context(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
-    """The ``.term.json`` content (Slicer's segment-context schema) of the library's own terminology entries.
+def terminology_context(context_name: str | None = None, taxonomy: Taxonomy | None = None) -> dict[str, Any]:
+    """The ``.term.json`` content (Slicer's segment-context schema) of one context's entries.
 
     Args:
-        taxonomy: structures to take the entries from (default: the library's full taxonomy).
+        context_name: the context (default: the library's own, ``TEXTGUIDEDSEG_CONTEXT``).
+        taxonomy: structures to take the entries from (default: every structure of the anatomy vocabulary).
     """
-    from TextGuidedSegLib.taxonomy import TEXTGUIDEDSEG_CONTEXT, get_taxonomy
+    from TextGuidedSegLib.taxonomy import TEXTGUIDEDSEG_CONTEXT, get_vocabulary
 
-    taxonomy = taxonomy if taxonomy is not None else get_taxonomy()
+    context_name = context_name or TEXTGUIDEDSEG_CONTEXT
+    if taxonomy is None:
+        vocabulary = get_vocabulary()
+        structures = [vocabulary.structure(e.class_name) for e in vocabulary.structures]
+    else:
+        structures = list(taxonomy)
     categories: dict[str, dict[str, Any]] = {}
-    for structure in taxonomy:
+    for structure in structures:
         term = structure.terminology
-        if term.context_name != TEXTGUIDEDSEG_CONTEXT:
+        if term.context_name != context_name:
             continue
         category = categories.setdefault(
             term.category.value, {**_code(term.category), "showAnatomy": True, "Type": []}
@@ -49,7 +60,9 @@ def terminology_context(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
             if term.modifier is None:
                 entry["3dSlicerLabel"] = structure.name.lower()
             category["Type"].append(entry)
-        if term.modifier is not None:
+        if term.modifier is not None and not any(
+            m["CodeValue"] == term.modifier.value for m in entry.get("Modifier", [])
+        ):
             entry.setdefault("Modifier", []).append(
                 {
                     **_code(term.modifier),
@@ -58,19 +71,25 @@ def terminology_context(taxonomy: Taxonomy | None = None) -> dict[str, Any]:
                 }
             )
     return {
-        "SegmentationCategoryTypeContextName": TEXTGUIDEDSEG_CONTEXT,
+        "SegmentationCategoryTypeContextName": context_name,
         "@schema": SCHEMA,
         "SegmentationCodes": {"Category": list(categories.values())},
     }
 
 
-def write_terminology_context(folder: str | Path, taxonomy: Taxonomy | None = None) -> Path:
+def write_terminology_context(
+    folder: str | Path, taxonomy: Taxonomy | None = None, context_name: str | None = None
+) -> Path:
     """Write :func:`terminology_context` to ``folder`` (atomically) and return the file's path."""
+    from TextGuidedSegLib.taxonomy import TEXTGUIDEDSEG_CONTEXT, TOTALSEGMENTATOR_CONTEXT
+
+    context_name = context_name or TEXTGUIDEDSEG_CONTEXT
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / TERMINOLOGY_FILE
+    name = TERMINOLOGY_FILE if context_name != TOTALSEGMENTATOR_CONTEXT else TOTALSEGMENTATOR_FILE
+    path = folder / name
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".term-", suffix=".json")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(terminology_context(taxonomy), stream, indent=2)
+        json.dump(terminology_context(context_name, taxonomy), stream, indent=2)
     os.replace(temporary, path)
     return path

@@ -176,7 +176,10 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             return
         self._vocabularyBundle = bundle
         choice = self._choices.get(bundle)
-        self.promptCompleter.setVocabulary(choice.vocabulary if choice else self.logic.vocabulary(bundle))
+        from TextGuidedSegLogic.prompts import completion_vocabulary
+
+        vocabulary = choice.vocabulary if choice else self.logic.vocabulary(bundle)
+        self.promptCompleter.setVocabulary(completion_vocabulary(vocabulary))
 
     # -- apply ----------------------------------------------------------------------------------------
 

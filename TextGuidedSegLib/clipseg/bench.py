@@ -15,6 +15,11 @@ For each strategy :func:`run_bench` starts from the same base weights, trains wi
 :func:`write_report` writes ``report.md`` (the table, 3D Dice per structure, and :func:`explain`'s account
 of why the fastest strategy is fastest, derived from the measured split), ``dice_vs_time.png`` and
 ``results.json``.
+
+Without validation volumes :func:`run_bench` holds out part of the training set first
+(:func:`~TextGuidedSegLib.clipseg.split.holdout_split`: whole volumes when there are 2+, else one contiguous
+block of slices, with a warning that slice-level validation from one patient flatters Dice); the report
+says which. A value that cannot be computed is written ``n/a (<why>)``, never ``nan``.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from TextGuidedSegLib.evaluation.metrics import dice_score
 
 from .data import SliceSet
 from .model import CLIPSegNet
+from .split import VAL_FRACTION, holdout_split
 from .train import (
     CLIPSegTrainConfig,
     CLIPSegTrainResult,
@@ -46,6 +52,10 @@ from .train import (
 )
 
 __all__ = ["BenchReport", "StrategyReport", "explain", "run_bench", "volume_dice", "write_report"]
+
+#: Table cells of values that do not exist, and why.
+NO_VAL_SAMPLES = "n/a (no validation samples)"
+NO_VAL_STRUCTURES = "n/a (no annotated structure in validation)"
 
 logger = logging.getLogger(__name__)
 
@@ -111,13 +121,15 @@ class StrategyReport:
 
 @dataclass
 class BenchReport:
-    """All strategies' measurements, the settings they ran with, and the explanation text."""
+    """All strategies' measurements, the settings they ran with, the explanation, and notes (the validation
+    split, warnings) that the report prints above the table."""
 
     strategies: list[StrategyReport]
     device: str
     settings: dict[str, Any]
     explanation: str = ""
     files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 @torch.no_grad()
@@ -192,20 +204,45 @@ def run_bench(
     config: CLIPSegTrainConfig,
     strategies: Sequence[str],
     out_dir: str | Path,
+    val_fraction: float = VAL_FRACTION,
 ) -> BenchReport:
     """Train and score every strategy on the same slices, seed and schedule.
 
     Args:
         load_net: returns a fresh net with the base weights (called once per strategy).
-        train_set, val_set: the split.
+        train_set, val_set: the split; ``val_set`` None: ``holdout_split(train_set, val_fraction,
+            config.seed)`` makes one (by volume, or by slices with a warning), unless ``val_fraction`` is 0.
         config: the shared settings (its ``strategy`` and ``run_dir`` are replaced per strategy).
         strategies: strategy names, in report order.
         out_dir: ``<out_dir>/<strategy>/`` holds each run's logs.
+        val_fraction: share held out when ``val_set`` is None; 0: no validation (the report says n/a).
 
     Returns:
         The :class:`BenchReport` (not yet written; see :func:`write_report`).
+
+    Raises:
+        SplitError: no validation set and too few volumes / slices to make one (says how many are needed).
+        ValueError: ``val_set`` holds no sample.
     """
     out_dir = Path(out_dir)
+    notes: list[str] = []
+    validation = "given"
+    if val_set is not None and len(val_set) == 0:
+        raise ValueError(
+            f"the validation volumes ({', '.join(c['name'] for c in val_set.cases)}) hold no sample of the "
+            f"structures {train_set.structures}: choose validation volumes that annotate them"
+        )
+    if val_set is None and val_fraction > 0:
+        split = holdout_split(train_set, val_fraction, config.seed)
+        train_set, val_set, validation = split.train, split.val, f"held out by {split.kind}"
+        notes.append(f"Validation: {split.description}.")
+        logger.info("validation: %s", split.description)
+        if split.warning:
+            notes.append(f"**WARNING: {split.warning}.**")
+            logger.warning("%s", split.warning)
+    elif val_set is None:
+        validation = "none"
+        notes.append("Validation: none (val_fraction 0 and no validation volumes): validation Dice is n/a.")
     reports = []
     device = "cpu"
     for strategy in strategies:
@@ -247,7 +284,8 @@ def run_bench(
         "val_samples": len(val_set) if val_set is not None else 0,
         "val_cases": len(val_set.cases) if val_set is not None else 0,
     }
-    report = BenchReport(strategies=reports, device=device, settings=settings)
+    settings["validation"] = validation
+    report = BenchReport(strategies=reports, device=device, settings=settings, notes=notes)
     report.explanation = explain(reports)
     return report
 
@@ -358,6 +396,26 @@ def explain(reports: Sequence[StrategyReport]) -> str:
 # ----------------------------------------------------------------------------------------------------------
 
 
+def _missing(value: float) -> bool:
+    return value is None or not np.isfinite(value)
+
+
+def _cell(value: float, why: str) -> str:
+    """``0.123``, or ``why`` (``n/a (...)``) when the value does not exist."""
+    return why if _missing(value) else f"{value:.3f}"
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by None (valid JSON, no ``NaN``)."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _table(report: BenchReport) -> list[str]:
     header = (
         "| strategy | trainable / total params | epochs (best) | steps | train Dice | val Dice | val 3D Dice "
@@ -366,10 +424,13 @@ def _table(report: BenchReport) -> list[str]:
     lines = [header, "|" + "---|" * 16]
     for r in report.strategies:
         s = r.step_seconds
+        train = _cell(r.train_dice, "n/a (no training samples)")
+        val = _cell(r.val_dice, NO_VAL_SAMPLES)
+        val_3d = _cell(r.val_dice_3d, NO_VAL_SAMPLES if _missing(r.val_dice) else NO_VAL_STRUCTURES)
         lines.append(
             f"| {r.strategy} | {r.trainable:,} / {r.total:,} | {r.epochs} ({r.best_epoch})"
-            f"{'*' if r.stopped_early else ''} | {r.steps} | {r.train_dice:.3f} | {r.val_dice:.3f} | "
-            f"{r.val_dice_3d:.3f} | {r.wall_seconds:.2f} | {r.cache_seconds:.2f} | {s['step']:.4f} | "
+            f"{'*' if r.stopped_early else ''} | {r.steps} | {train} | {val} | {val_3d} | "
+            f"{r.wall_seconds:.2f} | {r.cache_seconds:.2f} | {s['step']:.4f} | "
             f"{s['forward']:.4f} | {s['backward']:.4f} | {s['optimizer']:.4f} | {s['data']:.4f} | "
             f"{r.samples_per_s:.1f} | {r.peak_memory_mib:.0f} ({r.memory_kind}) |"
         )
@@ -401,6 +462,7 @@ def markdown(report: BenchReport) -> str:
         "",
         f"Device {report.device}; {settings}.",
         "",
+        *[line for note in report.notes for line in (note, "")],
         *_table(report),
         "",
         "Dice per (slice, prompt) on the samples; 3D Dice per (validation case, structure) after stacking "
@@ -422,14 +484,31 @@ def plot(report: BenchReport, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5), dpi=120)
+    no_val = all(_missing(r.val_dice) for r in report.strategies)
     for r in report.strategies:
-        ax.scatter(r.wall_seconds, r.val_dice, marker="o", s=50)
-        ax.annotate(r.strategy, (r.wall_seconds, r.val_dice), textcoords="offset points", xytext=(6, 4))
-        if not np.isnan(r.val_dice_3d):
+        dice = r.train_dice if no_val else r.val_dice
+        if _missing(dice):
+            continue
+        ax.scatter(r.wall_seconds, dice, marker="s" if no_val else "o", s=50)
+        ax.annotate(r.strategy, (r.wall_seconds, dice), textcoords="offset points", xytext=(6, 4))
+        if not _missing(r.val_dice_3d):
             ax.scatter(r.wall_seconds, r.val_dice_3d, marker="^", s=40, color="grey")
     ax.set_xlabel("training wall time (s)")
-    ax.set_ylabel("validation Dice")
-    ax.set_title("CLIPSeg strategies: Dice against time\n(o per slice and prompt, ^ 3D after stacking)")
+    ax.set_ylabel("training Dice (no validation samples)" if no_val else "validation Dice")
+    title = "CLIPSeg strategies: Dice against time\n(o per slice and prompt, ^ 3D after stacking)"
+    if report.settings.get("validation") == "held out by slices":
+        title += "\nvalidation: held-out slices of the training patient (flatters Dice)"
+    ax.set_title(title, fontsize=10)
+    if no_val:
+        ax.text(
+            0.5,
+            0.5,
+            "no validation samples: training Dice shown\n(give --val-volumes for validation Dice)",
+            transform=ax.transAxes,
+            ha="center",
+            va="center",
+            color="firebrick",
+        )
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)
@@ -453,8 +532,10 @@ def write_report(report: BenchReport, out_dir: str | Path) -> BenchReport:
     payload = {
         "device": report.device,
         "settings": report.settings,
+        "notes": report.notes,
         "strategies": [dataclasses.asdict(r) for r in report.strategies],
         "explanation": report.explanation,
     }
-    files["results"].write_text(json.dumps(payload, indent=1, default=float) + "\n", encoding="utf-8")
+    text = json.dumps(_plain(payload), indent=1, default=float, allow_nan=False)  # n/a values are null
+    files["results"].write_text(text + "\n", encoding="utf-8")
     return report

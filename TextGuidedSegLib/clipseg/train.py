@@ -53,6 +53,7 @@ from TextGuidedSegLib.training.checkpoint import (
 from TextGuidedSegLib.training.config import (
     ConfigError,
     load_dataclass_config,
+    split_over_ranks,
 )
 from TextGuidedSegLib.training.distributed import DistributedContext
 from TextGuidedSegLib.training.logs import close_run_log, open_run_log
@@ -78,6 +79,7 @@ __all__ = [
     "PeakMemory",
     "StepTimes",
     "load_clipseg_config",
+    "rank_batch_size",
     "sample_dice",
     "train_clipseg",
 ]
@@ -116,7 +118,9 @@ class CLIPSegTrainConfig:
         model: base CLIPSeg, a Hugging Face id or a ``save_pretrained`` folder.
         strategy: ``full``, ``decoder``, ``adapter`` or ``lora`` (``TextGuidedSegLib.clipseg.model``).
         epochs: maximum epochs (passes over the training samples).
-        batch_size: samples per optimizer step over all ranks (each rank takes ``batch_size / world``).
+        batch_size: samples per optimizer step over ALL processes (the global batch, the same at any world
+            size): each of ``N`` processes takes ``batch_size / N`` (:func:`rank_batch_size`), so it must be
+            a multiple of ``N`` (32: 1, 2, 4, 8, 16 or 32 processes).
         lr: AdamW learning rate after the warm-up (the seed: 1e-3).
         min_lr: learning rate at the end of the cosine decay.
         weight_decay: AdamW weight decay.
@@ -204,6 +208,15 @@ class CLIPSegTrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """YAML/JSON-safe nested dict."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def rank_batch_size(config: CLIPSegTrainConfig, world_size: int) -> int:
+    """Samples per step of each of ``world_size`` processes (pure arithmetic).
+
+    Raises:
+        DistributedConfigError: ``batch_size`` is not a multiple of ``world_size`` (one line with the fix).
+    """
+    return split_over_ranks("batch_size", config.batch_size, world_size, "samples per step")
 
 
 def load_clipseg_config(
@@ -566,8 +579,7 @@ def train_clipseg(
     context = DistributedContext.from_environment(config.device)
     ddp, rank, local_rank, world_size = context.ddp, context.rank, context.local_rank, context.world_size
     device, use_cuda, master = context.device, context.use_cuda, context.is_master
-    if config.batch_size % world_size:
-        raise ConfigError(f"batch_size {config.batch_size} must be a multiple of the world size {world_size}")
+    per_rank = rank_batch_size(config, world_size)  # DistributedConfigError before anything starts
     context.start(config.threads)
     run_dir = Path(config.run_dir)
     file_handler: logging.Handler | None = None
@@ -652,7 +664,6 @@ def train_clipseg(
 
             # ---- state ----------------------------------------------------------------------------------
             n_train = len(train_set)
-            per_rank = config.batch_size // world_size
             steps_per_epoch = (
                 n_train // config.batch_size if world_size > 1 else math.ceil(n_train / config.batch_size)
             )

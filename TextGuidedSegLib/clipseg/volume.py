@@ -198,10 +198,8 @@ class CLIPSegVolumeModel(nn.Module):
 def clipseg_taxonomy(slicing: SliceConfig) -> Taxonomy:
     """The taxonomy of a CLIPSeg bundle: the slice set's structures, with CLIPSeg's prompts (``"liver"``)."""
     base = get_taxonomy(TAXONOMY).subset(slicing.structures, name="clipseg")
-    data = base.to_dict()
-    for item in data["structures"]:
-        item["prompt"] = slicing.prompts(item["class_name"])[0]
-    return Taxonomy.from_dict(data)
+    structures = tuple(dataclasses.replace(s, prompt=slicing.prompts(s.class_name)[0]) for s in base)
+    return Taxonomy(name=base.name, structures=structures, description=base.description)
 
 
 @torch.no_grad()

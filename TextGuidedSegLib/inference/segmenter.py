@@ -10,6 +10,11 @@ The steps, each in one place:
 4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
 5. sigmoid probabilities are resampled back onto the input's own grid, thresholded and optionally
    post-processed (largest component, left/right split); overlapping structures go to the more probable one.
+   Softmax ("classes") models - MONAI model-zoo bundles - answer as their own pipeline does: softmax and
+   argmax over all channels, inverted onto the input grid as MONAI's ``Invertd`` does (the label map by
+   nearest neighbour, or the probabilities bilinearly and then the argmax, as the bundle says); the requested
+   structures' labels then become query labels. That full label map is kept with the ``PreparedVolume``
+   (and the last volumes a ``Segmenter`` saw), so re-prompting the same volume runs no network again.
 
 Step 3 is ``Segmenter.prepare``: its ``PreparedVolume`` can be kept and passed to later ``segment`` calls, so
 re-prompting the same volume does not resample it again. ``segment`` reports progress per window batch and
@@ -21,20 +26,28 @@ averaged and their standard deviation is returned as a per-voxel uncertainty.
 from __future__ import annotations
 
 import contextlib
+import copy
+import json
 import logging
 import threading
+import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from monai.data import MetaTensor
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
-from monai.transforms.utils import generate_spatial_bounding_box
+from monai.transforms import Orientation, Spacing
+from monai.transforms.utils import convert_applied_interp_mode, generate_spatial_bounding_box
+from monai.utils import TraceKeys
 
-from TextGuidedSegLib.bundle import Bundle
+from TextGuidedSegLib.bundle import Bundle, PreprocessConfig
 from TextGuidedSegLib.inference.geometry import to_model_space, to_original_space, window_intensity
+from TextGuidedSegLib.inference.monai_pipeline import apply_intensity_steps, class_label_map
 from TextGuidedSegLib.inference.postprocess import body_mask, keep_largest_component, split_by_laterality
 from TextGuidedSegLib.io import Volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, parse_prompt
@@ -49,6 +62,10 @@ ProgressCallback = Callable[[int, int], None]
 
 # Test-time flips: none, then each spatial axis of a (B, C, X, Y, Z) tensor.
 _TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
+# Full class label maps kept per PreparedVolume (one per model / settings), and volumes kept per Segmenter.
+_CACHED_LABEL_MAPS = 2
+_CACHED_VOLUMES = 2
+_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class SegmentationCancelled(RuntimeError):
@@ -145,7 +162,7 @@ class PreparedVolume:
     """A volume in model space and windowed: the model's input, reusable for any prompt on that volume.
 
     Attributes:
-        image: ``(1, 1, x, y, z)`` float32 tensor in [0, 1] (RAS, the bundle's spacing and HU window),
+        image: ``(1, 1, x, y, z)`` float32 tensor (RAS, the bundle's spacing, HU window or intensity steps),
             cropped to the foreground box ``crop`` of the model-space grid.
         affine: ``(4, 4)`` voxel-to-RAS affine of the whole model-space grid.
         grid_shape: ``(X, Y, Z)`` of the whole model-space grid.
@@ -153,7 +170,10 @@ class PreparedVolume:
         source_shape: ``(I, J, K)`` of the volume it was made from.
         source_affine: ``(4, 4)`` voxel-to-RAS affine of that volume.
         spacing: model spacing (mm) it was resampled to.
-        hu_window: HU window it was mapped through.
+        hu_window: HU window it was mapped through (when ``intensity`` is the default).
+        intensity: the intensity steps it went through (JSON text), and ``interpolation`` the resampling mode.
+        operations: MONAI's trace of the Orientation and Spacing it went through (``Invertd`` undoes these).
+        label_maps: full class label maps on the input grid already computed from it (softmax models).
     """
 
     image: torch.Tensor
@@ -164,15 +184,36 @@ class PreparedVolume:
     source_affine: np.ndarray
     spacing: tuple[float, float, float]
     hu_window: tuple[float, float]
+    intensity: str = ""
+    interpolation: str = "bilinear"
+    operations: tuple[dict[str, Any], ...] = ()
+    label_maps: OrderedDict = field(default_factory=OrderedDict, compare=False, repr=False)
 
-    def matches(self, volume: Volume, spacing: Sequence[float], hu_window: Sequence[float]) -> bool:
+    def matches(self, volume: Volume, preprocessing: PreprocessConfig) -> bool:
         """True when this was made from ``volume``'s grid with the given pre-processing."""
         return (
             tuple(self.source_shape) == tuple(volume.shape)
             and np.allclose(self.source_affine, volume.affine, atol=1e-6)
-            and np.allclose(self.spacing, spacing)
-            and np.allclose(self.hu_window, hu_window)
+            and np.allclose(self.spacing, preprocessing.spacing)
+            and np.allclose(self.hu_window, preprocessing.hu_window)
+            and self.intensity == _intensity_key(preprocessing)
+            and self.interpolation == preprocessing.interpolation
         )
+
+    def to_input_grid(self, data: torch.Tensor, nearest: bool) -> torch.Tensor:
+        """``(C, X, Y, Z)`` on the whole model grid -> ``(C, I, J, K)`` on the input grid.
+
+        MONAI's own inverse of the traced Spacing and Orientation (what ``Invertd`` runs), by nearest
+        neighbour or with the forward interpolation, computed in ``Spacing``'s default float64.
+        """
+        operations = copy.deepcopy(list(self.operations))
+        if nearest:
+            operations = convert_applied_interp_mode(operations, mode="nearest", align_corners=None)
+        plain = data.as_tensor() if isinstance(data, MetaTensor) else data
+        meta = MetaTensor(plain, affine=torch.as_tensor(self.affine), applied_operations=operations)
+        meta = Spacing(pixdim=self.spacing).inverse(meta)
+        meta = Orientation(axcodes="RAS", labels=_RAS_LABELS).inverse(meta)
+        return meta.as_tensor()
 
     def uncrop(self, data: torch.Tensor) -> torch.Tensor:
         """``(C, x, y, z)`` values on the crop -> ``(C, X, Y, Z)`` on the whole model grid, 0 outside."""
@@ -263,6 +304,7 @@ class Segmenter:
         self._encoder = text_encoder
         self.flip_tta = flip_tta
         self.model = bundle.model.to(self.device).eval()
+        self._volumes: OrderedDict[tuple, PreparedVolume] = OrderedDict()  # softmax models: recent volumes
 
     # -- prompts -> conditioning ------------------------------------------------------------------------
 
@@ -330,10 +372,16 @@ class Segmenter:
     # -- the volume -------------------------------------------------------------------------------------
 
     def prepare(self, volume: Volume) -> PreparedVolume:
-        """The model input for ``volume``: RAS, the bundle's spacing and HU window (keep it to re-prompt)."""
+        """The model input for ``volume``: RAS, the bundle's spacing and intensity (keep it to re-prompt)."""
         preprocessing = self.bundle.config.preprocessing
-        image = to_model_space(volume, preprocessing.spacing)
-        windowed = window_intensity(image, preprocessing.hu_window).as_tensor()
+        image = to_model_space(volume, preprocessing.spacing, mode=preprocessing.interpolation)
+        operations = copy.deepcopy(list(image.applied_operations))
+        for operation in operations:  # let this library's Spacing / Orientation instances invert them
+            operation[TraceKeys.ID] = TraceKeys.NONE
+        if preprocessing.intensity is None:
+            windowed = window_intensity(image, preprocessing.hu_window).as_tensor()
+        else:
+            windowed = apply_intensity_steps(image.as_tensor(), preprocessing.intensity_steps())
         grid_shape = tuple(windowed.shape[1:])
         crop = tuple(slice(0, n) for n in grid_shape)
         if preprocessing.crop_foreground:
@@ -350,6 +398,9 @@ class Segmenter:
             source_affine=np.asarray(volume.affine, dtype=np.float64).copy(),
             spacing=tuple(preprocessing.spacing),
             hu_window=tuple(preprocessing.hu_window),
+            intensity=_intensity_key(preprocessing),
+            interpolation=preprocessing.interpolation,
+            operations=tuple(operations),
         )
 
     def predict_logits(
@@ -386,6 +437,7 @@ class Segmenter:
                 predictor=predictor,
                 overlap=self.overlap,
                 mode=settings.blend_mode,
+                padding_mode=settings.padding_mode,
                 progress=self.progress,
             )
         return logits.float()
@@ -434,9 +486,10 @@ class Segmenter:
             raise PromptError("no structure to segment: the prompt produced no query")
         text, class_indices = self.conditioning(queries)
         preprocessing = self.bundle.config.preprocessing
+        classes = self.model.output == "classes"
         if prepared is None:
-            prepared = self.prepare(volume)
-        elif not prepared.matches(volume, preprocessing.spacing, preprocessing.hu_window):
+            prepared = self._recent_prepared(volume) if classes else self.prepare(volume)
+        elif not prepared.matches(volume, preprocessing):
             raise ValueError(
                 "prepared: this PreparedVolume was made from another volume grid or other pre-processing; "
                 "call Segmenter.prepare(volume) again"
@@ -448,23 +501,19 @@ class Segmenter:
             volume.spacing,
             [q.name for q in queries],
         )
+        if classes:
+            return self._segment_classes(
+                volume, queries, prepared, return_probabilities, progress_callback, cancel
+            )
         roi_size = self.bundle.config.inference.roi_size
         whole_volume = getattr(self.model, "predicts_volume", False)  # one call for the whole volume
         total = 1 if whole_volume else count_windows(prepared.image.shape[2:], roi_size, self.overlap)
         total *= len(_TTA_FLIPS) if self.flip_tta else 1
-        done = 0
-
-        def step(n: int) -> None:
-            nonlocal done
-            if progress_callback is not None:
-                progress_callback(done, total)
-            if cancel is not None and cancel.is_set():
-                raise SegmentationCancelled(f"segmentation of {volume.source or 'the volume'} cancelled")
-            done += n
-
+        step = _WindowSteps(total, volume, progress_callback, cancel)
         probabilities, spread = self.predict_probabilities(prepared.image, text, class_indices, step)
         if progress_callback is not None:
             progress_callback(total, total)
+
         def back(values: torch.Tensor) -> np.ndarray:
             return to_original_space(prepared.uncrop(values), volume, mode="bilinear", affine=prepared.affine)
 
@@ -482,6 +531,74 @@ class Segmenter:
             uncertainty=spread,
         )
 
+    def _recent_prepared(self, volume: Volume) -> PreparedVolume:
+        """``prepare(volume)``, or the PreparedVolume of an identical volume (grid and voxels) seen lately."""
+        array = np.ascontiguousarray(volume.array)
+        key = (array.shape, str(array.dtype), np.asarray(volume.affine).tobytes(), zlib.crc32(array.data))
+        prepared = self._volumes.get(key)
+        if prepared is None or not prepared.matches(volume, self.bundle.config.preprocessing):
+            prepared = self.prepare(volume)
+        self._volumes[key] = prepared
+        self._volumes.move_to_end(key)
+        while len(self._volumes) > _CACHED_VOLUMES:
+            self._volumes.popitem(last=False)
+        return prepared
+
+    def _segment_classes(
+        self,
+        volume: Volume,
+        queries: Sequence[StructureQuery],
+        prepared: PreparedVolume,
+        return_probabilities: bool,
+        progress_callback: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> SegmentationResult:
+        """A softmax model: its full class label map (cached with ``prepared``), then the queried labels."""
+        self.conditioning(queries)  # refuses free text, naming the vocabulary
+        if self.flip_tta:
+            raise ValueError(
+                f"flip_tta (uncertainty) is not available for {self.bundle.config.name!r}, a softmax bundle; "
+                "run it without"
+            )
+        taxonomy = self.bundle.config.taxonomy
+        channels = [taxonomy.index(q.structure.class_name) + 1 for q in queries]
+        key = (id(self.model), self.overlap, str(self.device))
+        cached = prepared.label_maps.get(key)
+        full = cached[1] if cached is not None and cached[0] is self.model else None
+        probabilities = None
+        if full is None or return_probabilities:
+            total = count_windows(
+                prepared.image.shape[2:], self.bundle.config.inference.roi_size, self.overlap
+            )
+            step = _WindowSteps(total, volume, progress_callback, cancel)
+            wanted = channels if return_probabilities else []
+            logits = self.predict_logits(prepared.image, None, None, step)[0].cpu()
+            full, probabilities = class_label_map(logits, prepared, self.model.config.invert, wanted)
+            del logits
+            prepared.label_maps[key] = (self.model, full)
+            prepared.label_maps.move_to_end(key)
+            while len(prepared.label_maps) > _CACHED_LABEL_MAPS:
+                prepared.label_maps.popitem(last=False)
+            if progress_callback is not None:
+                progress_callback(total, total)
+        else:
+            logger.info("re-using the label map of %s from an earlier prompt", volume.source or "the volume")
+        dtype = np.uint8 if len(queries) < 256 else np.uint16
+        lookup = np.zeros(self.model.config.num_classes, dtype=dtype)
+        for q, channel in enumerate(channels):
+            lookup[channel] = q + 1
+        labels = lookup[full]
+        if self.largest_component or self.split_laterality:
+            ids = np.arange(1, len(queries) + 1)[:, None, None, None]
+            masks = self._postprocess(labels[None] == ids, queries, volume)
+            labels = np.where(masks.any(0), masks.argmax(0) + 1, 0).astype(dtype)
+        return SegmentationResult(
+            labels=labels,
+            segments=_segment_infos(labels, queries, volume),
+            queries=list(queries),
+            probabilities=probabilities,
+        )
+
     def _postprocess(
         self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
     ) -> np.ndarray:
@@ -496,6 +613,32 @@ class Segmenter:
             if self.largest_component and masks[q].any():
                 masks[q] = keep_largest_component(masks[q])
         return masks
+
+
+class _WindowSteps:
+    """``step(n)``, called before each batch of ``n`` windows: reports progress and stops on ``cancel``."""
+
+    def __init__(
+        self,
+        total: int,
+        volume: Volume,
+        progress_callback: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> None:
+        self.total, self.done = total, 0
+        self.volume, self.progress_callback, self.cancel = volume, progress_callback, cancel
+
+    def __call__(self, n: int) -> None:
+        if self.progress_callback is not None:
+            self.progress_callback(self.done, self.total)
+        if self.cancel is not None and self.cancel.is_set():
+            raise SegmentationCancelled(f"segmentation of {self.volume.source or 'the volume'} cancelled")
+        self.done += n
+
+
+def _intensity_key(preprocessing: PreprocessConfig) -> str:
+    """The intensity steps of ``preprocessing`` as canonical JSON text."""
+    return json.dumps(preprocessing.intensity_steps(), sort_keys=True)
 
 
 def _label_map(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:

@@ -3,6 +3,12 @@
 Liu J. et al., "CLIP-Driven Universal Model for Organ Segmentation and Tumor Detection",
 https://arxiv.org/abs/2301.00785. Each query's text embedding, joined with a global image feature, is turned
 by a controller into the weights of a small per-query segmentation head (three 1x1x1 convolutions).
+
+The published model's Swin transformer (its copy of an early MONAI ``SwinUNETR``) concatenates the eight
+voxels of each 2x2x2 patch-merging cell in its own order, two of them twice (:data:`UNIVERSAL_MERGE_OFFSETS`).
+Its ``reduction`` weights were trained on that order, so ``UniversalModel`` merges patches the same way
+(:class:`UniversalPatchMerging`; same parameters as MONAI's), and its published checkpoint gives the published
+outputs.
 """
 
 from __future__ import annotations
@@ -11,12 +17,13 @@ import math
 
 import torch
 import torch.nn.functional as F
+from monai.networks.nets.swin_unetr import PatchMergingV2
 from torch import nn
 
 from .backbone import SwinUNETRModel
 from .config import ModelConfig
 
-__all__ = ["UniversalModel"]
+__all__ = ["UNIVERSAL_MERGE_OFFSETS", "UniversalModel", "UniversalPatchMerging"]
 
 #: Channels of the text and image features fed to the controller (256 each in the paper).
 CONDITION_DIM = 256
@@ -26,8 +33,29 @@ HEAD_CHANNELS = 8
 PAPER_GROUPS = 16
 
 
+#: (d, h, w) offsets of the 2x2x2 cell's voxels in the order the Universal Model concatenates them: (0, 1, 0)
+#: and (0, 0, 1) twice, (1, 1, 0) and (0, 1, 1) never (MONAI's order has each offset once).
+UNIVERSAL_MERGE_OFFSETS: tuple[tuple[int, int, int], ...] = (
+    (0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 0, 1), (0, 1, 0), (0, 0, 1), (1, 1, 1),
+)  # fmt: skip
+
+
 def _groups(channels: int) -> int:
     return math.gcd(PAPER_GROUPS, channels)
+
+
+class UniversalPatchMerging(PatchMergingV2):
+    """MONAI's patch merging (LayerNorm(8C) -> Linear(8C -> 2C)) over :data:`UNIVERSAL_MERGE_OFFSETS`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, D, H, W, C)`` -> ``(B, ceil(D/2), ceil(H/2), ceil(W/2), 2C)`` (odd sides zero-padded)."""
+        if x.ndim != 5:
+            raise ValueError(f"UniversalPatchMerging expects (B, D, H, W, C), got shape {tuple(x.shape)}")
+        _, d, h, w, _ = x.shape
+        if d % 2 or h % 2 or w % 2:
+            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2, 0, d % 2))
+        x = torch.cat([x[:, i::2, j::2, k::2, :] for i, j, k in UNIVERSAL_MERGE_OFFSETS], dim=-1)
+        return self.reduction(self.norm(x))
 
 
 class UniversalModel(SwinUNETRModel):
@@ -46,6 +74,7 @@ class UniversalModel(SwinUNETRModel):
     - ``precls_conv``: GroupNorm -> ReLU -> Conv3d(fs -> 8, 1x1x1) on ``out``; the dynamic head (ReLU between
       its convs) maps these 8 channels to one logits map per query, computed for all queries at once.
 
+    Patch merging in the Swin transformer follows the published model (:class:`UniversalPatchMerging`).
     GroupNorm uses 16 groups as in the paper, or ``gcd(16, C)`` groups when ``C`` is not a multiple of 16
     (fs = 12 or 24: ``fs`` channels get 4 or 8 groups).
 
@@ -67,6 +96,10 @@ class UniversalModel(SwinUNETRModel):
             )
         super().__init__(config, out_channels=1)
         self.backbone.out = nn.Identity()  # the dynamic head replaces the fixed output head
+        for stage in range(1, len(config.depths) + 1):
+            merging = getattr(self.backbone.swinViT, f"layers{stage}")[0].downsample
+            assert isinstance(merging, PatchMergingV2), type(merging)
+            merging.__class__ = UniversalPatchMerging  # same parameters (and seeded values), published order
         fs = config.feature_size
         h = HEAD_CHANNELS
         self.weight_nums = (h * h, h * h, h * 1)

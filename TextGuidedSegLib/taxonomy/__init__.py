@@ -7,6 +7,9 @@
 - :func:`parse_prompt`: free text -> :class:`StructureQuery` list ("liver and both kidneys" -> liver, right
   kidney, left kidney); :class:`PromptError` when a prompt cannot be used.
 - :func:`structure_vocabulary`: every name a user can type, for UI completion.
+- :func:`get_vocabulary` / :func:`vocabulary_taxonomy` / :func:`resolve_structure_name`: the one anatomy
+  vocabulary (``resources/anatomy.json``: every structure any model knows, with codes, colours, synonyms,
+  published models' label names and parts) and taxonomies built from it.
 
 Nothing here imports torch.
 
@@ -19,6 +22,7 @@ Example::
         print(query.class_name, query.prompt, query.structure.terminology.slicer_entry())
 """
 
+from .anatomy import AnatomyEntry, Vocabulary, get_vocabulary, resolve_structure_name, vocabulary_taxonomy
 from .prompt import PromptError, StructureQuery, parse_prompt, structure_vocabulary
 from .structures import (
     DEFAULT_TAXONOMY,
@@ -33,16 +37,23 @@ from .terminology import (
     ANATOMIC_REGION_CONTEXT,
     SLICER_GENERAL_ANATOMY_CONTEXT,
     TEXTGUIDEDSEG_CONTEXT,
+    TOTALSEGMENTATOR_CONTEXT,
     Code,
     Terminology,
 )
 
 __all__ = [
     "ANATOMIC_REGION_CONTEXT",
+    "AnatomyEntry",
+    "Vocabulary",
+    "get_vocabulary",
+    "resolve_structure_name",
+    "vocabulary_taxonomy",
     "DEFAULT_TAXONOMY",
     "PROMPT_TEMPLATE",
     "SLICER_GENERAL_ANATOMY_CONTEXT",
     "TEXTGUIDEDSEG_CONTEXT",
+    "TOTALSEGMENTATOR_CONTEXT",
     "Code",
     "PromptError",
     "Structure",

@@ -11,6 +11,7 @@ import functools
 import logging
 from dataclasses import dataclass
 
+from .anatomy import get_vocabulary
 from .structures import Structure, Taxonomy, canonical_prompt, get_taxonomy
 from .vocabulary import (
     LEADING_STRIP_WORDS,
@@ -27,6 +28,9 @@ from .vocabulary import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Words allowed between a structure and a following side word ("ribs on the left").
+_SIDE_FILLERS = frozenset({"on", "the"})
 
 
 class PromptError(ValueError):
@@ -89,6 +93,19 @@ def _side_prefix(tokens: list[Token], start: int) -> tuple[frozenset[str], int] 
     return frozenset(sides), end
 
 
+def _side_suffix(tokens: list[Token], end: int) -> tuple[str, int, int] | None:
+    """A single side word after a phrase, optionally as "on the left (side)": ``(side, at, end)`` or None."""
+    at = end
+    while at < len(tokens) and not tokens[at].is_separator and tokens[at].norm in _SIDE_FILLERS:
+        at += 1
+    if at >= len(tokens) or tokens[at].is_separator or tokens[at].norm not in SINGLE_SIDE_WORDS:
+        return None
+    stop = at + 1
+    if stop < len(tokens) and not tokens[stop].is_separator and tokens[stop].norm == "side":
+        stop += 1
+    return tokens[at].norm, at, stop
+
+
 def _filter_sides(index: PhraseIndex, class_names: tuple[str, ...], sides: frozenset[str]) -> tuple[str, ...]:
     return tuple(c for c in class_names if index.laterality[c] in sides)
 
@@ -118,17 +135,16 @@ def _match_at(index: PhraseIndex, tokens: list[Token], start: int) -> _Match | N
         end, phrase = found
         class_names = index.phrases[phrase]
         match = _Match(start, end, class_names)
-        # A side word after an unsided phrase ("kidney left", kidney_left), unless it starts the next match.
+        # A side word after an unsided phrase ("kidney left", kidney_left, "ribs on the left side"), unless it
+        # starts the next match.
+        suffix = _side_suffix(tokens, end) if phrase in index.unsided else None
         if (
-            phrase in index.unsided
-            and end < len(tokens)
-            and not tokens[end].is_separator
-            and tokens[end].norm in SINGLE_SIDE_WORDS
-            and index.longest_at(tokens, end) is None
-            and _prefixed_match(index, tokens, end) is None
+            suffix is not None
+            and index.longest_at(tokens, suffix[1]) is None
+            and _prefixed_match(index, tokens, suffix[1]) is None
         ):
-            selected = _filter_sides(index, class_names, SIDE_WORDS[tokens[end].norm])
-            match = _Match(start, end + 1, selected) if selected else None
+            selected = _filter_sides(index, class_names, SIDE_WORDS[suffix[0]])
+            match = _Match(start, suffix[2], selected) if selected else None
         if match is not None:
             candidates.append(match)
     prefixed = _prefixed_match(index, tokens, start)
@@ -313,4 +329,8 @@ def structure_vocabulary(taxonomy: Taxonomy | None = None) -> list[str]:
         for phrase in unsided:
             if index.phrases[phrase][0] == structure.class_name:
                 add(" ".join(phrase))
+    # wholes and groups of the anatomy vocabulary that mean some of this taxonomy's structures ("Ribs")
+    for entry in get_vocabulary():
+        if entry.class_name not in taxonomy and normalize_phrase(entry.name) in index.phrases:
+            add(entry.name)
     return vocabulary

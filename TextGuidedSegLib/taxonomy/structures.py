@@ -277,7 +277,7 @@ class Taxonomy:
             "format_version": TAXONOMY_FORMAT_VERSION,
             "name": self.name,
             "description": self.description,
-            "structures": [s.to_dict() for s in self.structures],
+            "structures": [_structure_item(s) for s in self.structures],
         }
 
     @classmethod
@@ -307,9 +307,44 @@ class Taxonomy:
             raise ValueError("taxonomy 'structures' must be a list")
         return cls(
             name=data["name"],
-            structures=tuple(Structure.from_dict(item) for item in data["structures"]),
+            structures=tuple(
+                _structure_from_item(item, label_id)
+                for label_id, item in enumerate(data["structures"], start=1)
+            ),
             description=data.get("description", ""),
         )
+
+
+def _structure_item(structure: Structure) -> str | dict[str, Any]:
+    """A structure as stored in a taxonomy: its class name when the anatomy vocabulary holds it unchanged
+    (``{"class_name", "prompt"}`` when only the prompt differs), else its full record."""
+    from .anatomy import get_vocabulary
+
+    vocabulary = get_vocabulary()
+    if structure.class_name in vocabulary and not vocabulary[structure.class_name].is_group:
+        known = vocabulary.structure(structure.class_name, structure.label_id)
+        if dataclasses.replace(known, prompt=structure.prompt) == structure:
+            if structure.prompt == known.prompt:
+                return structure.class_name
+            return {"class_name": structure.class_name, "prompt": structure.prompt}
+    return structure.to_dict()
+
+
+def _structure_from_item(item: Any, label_id: int) -> Structure:
+    """Read one taxonomy item: a vocabulary class name, ``{"class_name", "prompt"}``, or a full record."""
+    from .anatomy import get_vocabulary
+
+    if isinstance(item, dict) and set(item) <= {"class_name", "prompt"} and "class_name" in item:
+        prompt = item.get("prompt")
+        item = item["class_name"]
+    elif isinstance(item, str):
+        prompt = None
+    else:
+        return Structure.from_dict(item)
+    try:
+        return get_vocabulary().structure(item, label_id=label_id, prompt=prompt)
+    except KeyError as err:
+        raise ValueError(err.args[0]) from None
 
 
 def available_taxonomies() -> list[str]:

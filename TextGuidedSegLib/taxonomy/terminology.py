@@ -28,6 +28,9 @@ SLICER_GENERAL_ANATOMY_CONTEXT = "Segmentation category and type - 3D Slicer Gen
 #: Context name of the entries this library adds (structures absent from Slicer's General Anatomy list).
 #: Slicer resolves these codes only once a terminology file with this context name is loaded.
 TEXTGUIDEDSEG_CONTEXT = "Segmentation category and type - TextGuidedSeg"
+#: Context name of TotalSegmentator's terminology (SlicerTotalSegmentator's
+#: ``SegmentationCategoryTypeModifier-TotalSegmentator.term.json``): codes of structures Slicer's list lacks.
+TOTALSEGMENTATOR_CONTEXT = "Segmentation category and type - Total Segmentator"
 #: Slicer's default anatomic-region context (``AnatomicRegionAndModifier-DICOM-Master``); Slicer writes it
 #: even when the region is empty.
 ANATOMIC_REGION_CONTEXT = "Anatomic codes - DICOM master list"

@@ -207,9 +207,40 @@ def build_phrase_index(taxonomy: Taxonomy) -> PhraseIndex:
             )
         phrases[phrase] = tuple(sorted(members, key=order.__getitem__))
 
+    sides = {s.class_name: s.laterality or _prefix_side(s.class_name) for s in taxonomy.structures}
+    sideable = set(unsided)
+    for phrase, targets in _vocabulary_phrases(taxonomy, order).items():
+        if phrase not in phrases:
+            phrases[phrase] = targets
+            if len(targets) > 1 and any(sides[c] is not None for c in targets):
+                sideable.add(phrase)
+
     return PhraseIndex(
         phrases=phrases,
-        unsided=frozenset(unsided),
-        laterality={s.class_name: s.laterality for s in taxonomy.structures},
+        unsided=frozenset(sideable),
+        laterality=sides,
         max_len=max((len(p) for p in phrases), default=0),
     )
+
+
+def _prefix_side(class_name: str) -> str | None:
+    """``"right"``/``"left"`` for a class name starting with that side (``left_atrium``), else None."""
+    side = class_name.split("_", 1)[0]
+    return side if side in ("right", "left") else None
+
+
+def _vocabulary_phrases(taxonomy: Taxonomy, order: dict[str, int]) -> dict[tuple[str, ...], tuple[str, ...]]:
+    """Phrases of the anatomy vocabulary -> the taxonomy's structures they mean (wholes expand to parts)."""
+    from .anatomy import get_vocabulary  # anatomy imports this module
+
+    vocabulary = get_vocabulary()
+    out: dict[tuple[str, ...], tuple[str, ...]] = {}
+    for entry in vocabulary:
+        targets = vocabulary.expand(entry.class_name, order)
+        if not targets:
+            continue
+        targets = tuple(sorted(targets, key=order.__getitem__))
+        for text in entry.phrases():
+            out.setdefault(normalize_phrase(text), targets)
+    out.pop((), None)
+    return out

@@ -1,7 +1,8 @@
 """The command line of the training entry points (``Training/train.py``, ``Training/train_clipseg.py``).
 
 Both take ``--config FILE``, ``--resume auto|CHECKPOINT`` (each also as ``--name=value``), ``-h``/``--help``,
-and pass every other argument on as a ``--key=value`` config override.
+and pass every other argument on as a ``--key=value`` config override. Errors found before training starts
+(the config, the processes) are printed once, by rank 0 (:func:`report_error`); every rank exits with 2.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-__all__ = ["ArgumentsError", "TrainArguments", "parse_train_arguments", "read_command_line"]
+__all__ = ["ArgumentsError", "TrainArguments", "parse_train_arguments", "read_command_line", "report_error"]
 
 _VALUE_OPTIONS = ("--config", "--resume")
 
@@ -84,3 +85,14 @@ def read_command_line(argv: Sequence[str], usage: str) -> TrainArguments | int:
         print(usage)
         return 0
     return arguments
+
+
+def report_error(error: BaseException | str, rank: int) -> int:
+    """Print ``error: <message>`` to stderr on rank 0 only (the other ranks stay quiet); returns 2.
+
+    For errors every rank finds alike before training starts (config, world size), so that a run of ``N``
+    processes says it once instead of ``N`` times.
+    """
+    if rank == 0:
+        print(f"error: {error}", file=sys.stderr)
+    return 2

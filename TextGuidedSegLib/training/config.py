@@ -39,16 +39,20 @@ __all__ = [
     "AMP_MODES",
     "CACHE_MODES",
     "TEXT_SOURCES",
+    "BatchPlan",
     "ConfigError",
     "DataConfig",
+    "DistributedConfigError",
     "OptimConfig",
     "TextConfig",
     "TrainConfig",
     "apply_dataclass_overrides",
+    "batch_plan",
     "dataclass_from_dict",
     "load_config",
     "load_dataclass_config",
     "parse_overrides",
+    "split_over_ranks",
 ]
 
 #: ``data.cache``: ``none`` (read and preprocess every time), ``memory`` (MONAI ``CacheDataset``),
@@ -67,6 +71,38 @@ _FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
 
 class ConfigError(ValueError):
     """A configuration file or override is invalid; the message names the key and says what is expected."""
+
+
+class DistributedConfigError(ConfigError, RuntimeError):
+    """The run's settings do not fit its processes (one line: the setting, the world size and the fix)."""
+
+
+def _or_list(values: list[int]) -> str:
+    text = [str(v) for v in values]
+    return text[0] if len(text) == 1 else ", ".join(text[:-1]) + " or " + text[-1]
+
+
+def split_over_ranks(name: str, value: int, world_size: int, counts: str) -> int:
+    """``value // world_size`` for a setting that counts ``counts`` over all processes.
+
+    Raises:
+        DistributedConfigError: ``value`` is not a multiple of ``world_size``; the message names the setting,
+            the nearest workable value and the process counts that divide it, e.g. ``grad_accum=4 cannot be
+            split over 8 processes (...): set grad_accum to a multiple of 8 (e.g. --grad_accum=8) or run with
+            1, 2 or 4 processes``.
+    """
+    if world_size < 1:
+        raise DistributedConfigError(f"WORLD_SIZE={world_size}: the number of processes must be >= 1")
+    if value % world_size == 0:
+        return value // world_size
+    fewer = [n for n in range(1, world_size) if value % n == 0]
+    multiple = -(-value // world_size) * world_size
+    processes = "process" if fewer == [1] else "processes"
+    raise DistributedConfigError(
+        f"{name}={value} cannot be split over {world_size} processes ({name} counts {counts} over all "
+        f"processes): set {name} to a multiple of {world_size} (e.g. --{name}={multiple}) or run with "
+        f"{_or_list(fewer)} {processes}"
+    )
 
 
 def _all_structures() -> list[str]:
@@ -177,8 +213,11 @@ class TrainConfig:
         queries_per_sample: queries per crop for query-mode models (see ``sample_queries``).
         negative_fraction: share of the queries given to annotated structures absent from the crop.
         batch_size: images per micro-step and rank; each gives ``data.num_samples`` crops.
-        grad_accum: micro-steps per optimizer step over all ranks (divided by the world size), so the global
-            batch is ``batch_size * data.num_samples * grad_accum`` crops at any world size.
+        grad_accum: micro-steps per optimizer step summed over ALL processes, so the config fixes the global
+            batch, ``batch_size * data.num_samples * grad_accum`` crops per optimizer step, at any world size
+            (nanoGPT-style): each of ``N`` processes runs ``grad_accum / N`` micro-steps, derived at start-up
+            (:func:`batch_plan`). It must be a multiple of ``N``; e.g. ``grad_accum: 8`` runs on 1, 2, 4 or 8
+            processes (8, 4, 2 or 1 micro-steps each), ``grad_accum: 4`` on 1, 2 or 4.
         max_steps: optimizer steps of the run.
         seed: seed of the model initialisation, the data order and the augmentation.
         deterministic: ``torch.use_deterministic_algorithms`` and deterministic cuDNN (slower on a GPU).
@@ -321,6 +360,43 @@ class TrainConfig:
     def to_yaml(self) -> str:
         """The resolved config as YAML (what ``config.yaml`` in the run folder holds)."""
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """How a config's global batch is spread over ``world_size`` processes (see ``TrainConfig.grad_accum``).
+
+    Attributes:
+        world_size: processes.
+        micro_steps: micro-steps of each process per optimizer step (``grad_accum / world_size``).
+        images: images per micro-step and process (``batch_size``).
+        crops: crops per micro-step and process (``batch_size * data.num_samples``).
+        global_crops: crops per optimizer step over all processes (the same at every world size).
+    """
+
+    world_size: int
+    micro_steps: int
+    images: int
+    crops: int
+    global_crops: int
+
+    def describe(self) -> str:
+        """``16 crops per step = 8 process(es) x 1 micro-step(s) x 1 image(s) x 2 crop(s)``."""
+        return (
+            f"{self.global_crops} crops per step = {self.world_size} process(es) x {self.micro_steps} "
+            f"micro-step(s) x {self.images} image(s) x {self.crops // self.images} crop(s)"
+        )
+
+
+def batch_plan(config: TrainConfig, world_size: int) -> BatchPlan:
+    """The per-process share of ``config``'s global batch on ``world_size`` processes (pure arithmetic).
+
+    Raises:
+        DistributedConfigError: ``grad_accum`` is not a multiple of ``world_size`` (one line with the fix).
+    """
+    micro_steps = split_over_ranks("grad_accum", config.grad_accum, world_size, "micro-steps")
+    crops = config.batch_size * config.data.num_samples
+    return BatchPlan(world_size, micro_steps, config.batch_size, crops, crops * config.grad_accum)
 
 
 # ----------------------------------------------------------------------------------------------------------

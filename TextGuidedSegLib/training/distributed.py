@@ -10,6 +10,11 @@ Under torchrun every process reads its place from ``RANK`` / ``LOCAL_RANK`` / ``
         ...
     finally:
         context.stop(barrier=...)  # threads back, leave the process group together
+
+Settings that count over all processes (the 3D trainer's ``grad_accum``, the CLIPSeg trainer's
+``batch_size``) are divided by the world size at start-up with :func:`split_over_ranks`; when they cannot be
+divided, :class:`DistributedConfigError` says so in one line naming the setting and the fix. The entry points
+check this before training starts and print it from rank 0 only (exit status 2).
 """
 
 from __future__ import annotations
@@ -21,7 +26,36 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext"]
+from .config import DistributedConfigError, split_over_ranks
+
+__all__ = ["DistributedConfigError", "DistributedContext", "split_over_ranks", "world_size_from_environment"]
+
+
+def _environment_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise DistributedConfigError(f"{name}={raw!r} must be an integer (torchrun sets it)") from None
+
+
+def world_size_from_environment() -> tuple[int, int, int]:
+    """``(rank, local_rank, world_size)`` from torchrun's variables (``(0, 0, 1)`` without them), checked.
+
+    Raises:
+        DistributedConfigError: a variable is not an integer or out of range.
+    """
+    rank = _environment_int("RANK", 0)
+    local_rank = _environment_int("LOCAL_RANK", 0)
+    world_size = _environment_int("WORLD_SIZE", 1)
+    if world_size < 1 or not 0 <= rank < world_size or not 0 <= local_rank <= rank:
+        raise DistributedConfigError(
+            f"RANK={rank}, LOCAL_RANK={local_rank}, WORLD_SIZE={world_size} are inconsistent: launch with "
+            "torchrun (which sets them) or unset them for one process"
+        )
+    return rank, local_rank, world_size
 
 
 @dataclass
@@ -58,15 +92,23 @@ class DistributedContext:
         """Read torchrun's variables and choose the device (``auto``, ``cpu`` or ``cuda``); no side effects.
 
         Raises:
-            RuntimeError: ``device`` is ``cuda`` and CUDA is not available.
+            DistributedConfigError (a ``RuntimeError`` and a ``ConfigError``): ``device`` is ``cuda`` and CUDA
+                is not available; this node has fewer GPUs than its processes; torchrun's variables are
+                inconsistent.
         """
-        ddp = int(os.environ.get("RANK", -1)) != -1
-        rank = int(os.environ.get("RANK", 0))
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        ddp = os.environ.get("RANK", "") not in ("", "-1")
+        rank, local_rank, world_size = world_size_from_environment() if ddp else (0, 0, 1)
         if device == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device=cuda but CUDA is not available; use device=auto or device=cpu")
+            raise DistributedConfigError(
+                "device=cuda but CUDA is not available; use device=auto or device=cpu"
+            )
         use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if use_cuda and local_rank >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise DistributedConfigError(
+                f"LOCAL_RANK={local_rank} needs GPU {local_rank} but this node has {count}: run torchrun "
+                f"with --nproc_per_node={count} (or fewer), or set device=cpu"
+            )
         return cls(
             ddp=ddp,
             rank=rank,

@@ -9,6 +9,10 @@ micro-steps (gradients synchronised across ranks only on the last, via ``no_sync
 Seeds: the model is built right after ``torch.manual_seed(config.seed)`` (identical on every rank; DDP also
 broadcasts rank 0's weights); afterwards each rank's global generators are seeded with ``seed + rank``. Data
 order and augmentation come from the resumable sampler (see ``training.data``), not from global generators.
+
+``grad_accum`` counts micro-steps over all processes, so the global batch is the config's at any world size;
+``batch_plan`` derives each process's share before anything starts and refuses a world size that does not
+divide it (``DistributedConfigError``, one line with the fix).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from .checkpoint import (
     seed_generators,
     set_rng_state,
 )
-from .config import TRAINING_TAXONOMY, TrainConfig
+from .config import TRAINING_TAXONOMY, TrainConfig, batch_plan
 from .data import build_train_loader, build_val_loader
 from .distributed import DistributedContext
 from .embeddings import load_embeddings
@@ -178,12 +182,8 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
     context = DistributedContext.from_environment(config.device)
     ddp, rank, local_rank, world_size = context.ddp, context.rank, context.local_rank, context.world_size
     device, use_cuda, master_process = context.device, context.use_cuda, context.is_master
-    if config.grad_accum % world_size:
-        raise ValueError(
-            f"grad_accum={config.grad_accum} must be a multiple of the world size {world_size} (it counts "
-            "micro-steps over all ranks, so that the global batch does not depend on the world size)"
-        )
-    grad_accum = config.grad_accum // world_size
+    plan = batch_plan(config, world_size)  # DistributedConfigError before anything starts
+    grad_accum = plan.micro_steps
     context.start(config.threads)
 
     previous_deterministic = torch.are_deterministic_algorithms_enabled()
@@ -230,6 +230,7 @@ def train(config: TrainConfig, resume: str | Path | None = None) -> TrainResult:
             )
             if checkpoint is not None:
                 logger.info("resuming from %s (step %d)", resume_path, checkpoint["step"])
+            logger.info("global batch: %s", plan.describe())
 
         # ---- structures and prompt embeddings ----------------------------------------------------------
         taxonomy = get_taxonomy(TRAINING_TAXONOMY).subset(config.structures)
