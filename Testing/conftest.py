@@ -87,3 +87,20 @@ def make_bundle(tmp_path_factory: pytest.TempPathFactory):
         return save_bundle(folder / (f"{name}.zip" if zip_file else name), model, config, cache)
 
     return factory
+
+
+@pytest.fixture
+def spleen_weights(tmp_path: Path) -> Path:
+    """Seeded random weights of MONAI's spleen_ct_segmentation UNet, saved as MONAI saves them (``model.pt``);
+    the network is built by ``monai.bundle.ConfigParser`` from the published ``inference.json`` (a trusted
+    test fixture)."""
+    import torch
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(shared_path("monai_model_zoo", "spleen_ct_segmentation", "configs", "inference.json"))
+    torch.manual_seed(0)
+    weights = tmp_path / "published" / "model.pt"
+    weights.parent.mkdir()
+    torch.save(parser.get_parsed_content("network_def").state_dict(), weights)
+    return weights

@@ -255,23 +255,12 @@ def test_import_monai_errors_name_the_argument(home, capsys, tmp_path):
     assert code == 2 and "--set 'overlap': expected KEY=VALUE" in err
 
 
-def test_import_monai_into_the_cache_and_into_a_folder(home, capsys, tmp_path):
-    """The shared spleen_ct_segmentation configs with random weights in MONAI's layout (the network built by
-    monai.bundle.ConfigParser, a trusted fixture)."""
-    import torch
-    from monai.bundle import ConfigParser
-
+def test_import_monai_into_the_cache_and_into_a_folder(home, capsys, tmp_path, spleen_weights):
+    """The shared spleen_ct_segmentation configs with random weights in MONAI's layout."""
     from TextGuidedSegLib.bundle import load_bundle
 
-    pytest.importorskip("TextGuidedSegLib.importers.monai_bundle")
     zoo = shared_path("monai_model_zoo", "spleen_ct_segmentation")
-    parser = ConfigParser()
-    parser.read_config(zoo / "configs" / "inference.json")
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    weights = tmp_path / "model.pt"
-    torch.save(network.state_dict(), weights)
-
+    weights = spleen_weights
     args = ["bundles", "import-monai", str(zoo), "--weights", str(weights), "--set", "inferer#overlap=0.25"]
     code, out, err = run(capsys, *args, "--name", "my_spleen")
     assert code == 0, err

@@ -340,45 +340,25 @@ def test_the_universal_entry_is_licence_gated_and_never_a_default():
     assert entry.name not in DEFAULT_PREFERENCE
 
 
-def test_pulling_spleen_ct_converts_published_layout_weights_end_to_end(tmp_path):
-    """The shipped spleen_ct entry pulled from a file:// copy of random weights saved as MONAI saves them
-    (the network built by monai.bundle.ConfigParser from the published inference.json, a trusted fixture)."""
+def test_pulling_spleen_ct_converts_published_layout_weights_end_to_end(tmp_path, spleen_weights):
+    """The shipped spleen_ct entry pulled from a file:// copy of random weights saved as MONAI saves them."""
     import torch
-    from conftest import shared_path
-    from monai.bundle import ConfigParser
 
     from TextGuidedSegLib.bundle import load_bundle
     from TextGuidedSegLib.registry import RESOURCES_DIR
 
-    pytest.importorskip("TextGuidedSegLib.importers.monai_bundle")
-    zoo = shared_path("monai_model_zoo", "spleen_ct_segmentation")
-    parser = ConfigParser()
-    parser.read_config(zoo / "configs" / "inference.json")
-    torch.manual_seed(0)
-    network = parser.get_parsed_content("network_def")
-    weights = tmp_path / "published" / "model.pt"
-    weights.parent.mkdir()
-    torch.save(network.state_dict(), weights)
-
-    resources = RESOURCES_DIR
-    if not (RESOURCES_DIR / "monai" / "spleen_ct.json").is_file():  # until the shipped translation lands
-        from TextGuidedSegLib.importers.monai_bundle import translate_monai_bundle
-
-        resources = tmp_path / "resources"
-        (resources / "monai").mkdir(parents=True)
-        config = translate_monai_bundle(zoo, name="spleen_ct")
-        (resources / "monai" / "spleen_ct.json").write_text(json.dumps(config))
+    weights = spleen_weights
     shipped = BundleStore(entries=load_registry()).entry("spleen_ct")
     md5 = hashlib.md5(weights.read_bytes()).hexdigest()
     entry = RegistryEntry.from_dict({**shipped.to_dict(), "url": weights.as_uri(), "md5": md5})
-    store = BundleStore(root=tmp_path / "home" / "bundles", entries=[entry], resources=resources)
+    store = BundleStore(root=tmp_path / "home" / "bundles", entries=[entry], resources=RESOURCES_DIR)
     path = store.fetch(entry)
     assert leftovers(store.root) == ["spleen_ct-0.5.9"]
     bundle = load_bundle(path)
     assert (bundle.config.name, bundle.config.version) == ("spleen_ct", "0.5.9")
     assert bundle.vocabulary == ["Spleen"]
     ours = bundle.model.state_dict()
-    for key, value in network.state_dict().items():
+    for key, value in torch.load(weights, weights_only=True).items():
         (match,) = [k for k in ours if k == key or k.endswith(f".{key}")]
         assert torch.equal(ours[match], value), key
     assert json.loads((path / "source.json").read_text())["md5"] == md5

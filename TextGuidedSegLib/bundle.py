@@ -290,8 +290,9 @@ class BundleConfig:
             )
             if data.get("text_encoder") is not None:
                 data["text_encoder"] = TextEncoderSpec.from_dict(data["text_encoder"])
-            data["preprocessing"] = _section(PreprocessConfig, data.get("preprocessing", {}), "preprocessing")
-            data["inference"] = _section(InferenceConfig, data.get("inference", {}), "inference")
+            preprocessing = data.get("preprocessing", {})
+            data["preprocessing"] = config_section(PreprocessConfig, preprocessing, "preprocessing")
+            data["inference"] = config_section(InferenceConfig, data.get("inference", {}), "inference")
             return cls(**data)
         except BundleError:
             raise
@@ -299,8 +300,8 @@ class BundleConfig:
             raise BundleError(f"{CONFIG_FILE}: {err}") from err
 
 
-def _section(cls: type, values: dict[str, Any], name: str) -> Any:
-    """Build a config section dataclass, naming unknown keys with their section."""
+def config_section(cls: type, values: dict[str, Any], name: str) -> Any:
+    """Build a ``config.json`` section dataclass; a BundleError names unknown keys and the valid ones."""
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:

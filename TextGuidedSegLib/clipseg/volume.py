@@ -36,7 +36,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from TextGuidedSegLib.bundle import BundleConfig, BundleError, InferenceConfig, PreprocessConfig, save_bundle
+from TextGuidedSegLib.bundle import (
+    BundleConfig,
+    BundleError,
+    InferenceConfig,
+    PreprocessConfig,
+    config_section,
+    save_bundle,
+)
 from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
 from TextGuidedSegLib.text import EmbeddingCache
 
@@ -111,11 +118,7 @@ class CLIPSegModelConfig:
 
 def model_config_from_dict(data: dict[str, Any]) -> CLIPSegModelConfig:
     """``config.json``'s ``model`` section -> :class:`CLIPSegModelConfig`; unknown keys raise naming them."""
-    known = {f.name for f in dataclasses.fields(CLIPSegModelConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown CLIPSeg model key(s) {unknown}; valid keys are {sorted(known)}")
-    return CLIPSegModelConfig(**data)
+    return config_section(CLIPSegModelConfig, data, "model")
 
 
 class CLIPSegVolumeModel(nn.Module):

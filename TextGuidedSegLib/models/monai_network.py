@@ -29,7 +29,13 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from TextGuidedSegLib.bundle import WEIGHTS_FILE, BundleError, is_derived_buffer, state_dict_mismatch
+from TextGuidedSegLib.bundle import (
+    WEIGHTS_FILE,
+    BundleError,
+    config_section,
+    is_derived_buffer,
+    state_dict_mismatch,
+)
 
 __all__ = [
     "MONAI_ARCHITECTURE",
@@ -121,11 +127,7 @@ class MonaiNetworkConfig:
 
 def model_config_from_dict(data: dict[str, Any]) -> MonaiNetworkConfig:
     """``config.json``'s ``model`` section -> :class:`MonaiNetworkConfig`; unknown keys raise naming them."""
-    known = {f.name for f in dataclasses.fields(MonaiNetworkConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown monai model key(s) {unknown}; valid keys are {sorted(known)}")
-    return MonaiNetworkConfig(**data)
+    return config_section(MonaiNetworkConfig, data, "model")
 
 
 def build_network(config: MonaiNetworkConfig) -> nn.Module:
