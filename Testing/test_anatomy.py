@@ -204,3 +204,11 @@ def test_taxonomy_round_trip_is_compact(wholebody):
     ]
     with pytest.raises(ValueError, match="not in the taxonomy"):
         vocabulary_taxonomy("x", ["liver"], prompts={"spleen": "p"})
+
+
+def test_a_model_with_a_whole_and_its_sides_keeps_both():
+    taxonomy = vocabulary_taxonomy("x", ["adrenal_gland", "right_adrenal_gland", "left_adrenal_gland"])
+    assert classes("adrenal gland", taxonomy) == ["adrenal_gland"]
+    assert classes("left adrenal gland", taxonomy) == ["left_adrenal_gland"]
+    everything = [e.class_name for e in get_vocabulary().structures]
+    assert len(vocabulary_taxonomy("all", everything)) == 183  # every structure can share one taxonomy

@@ -198,6 +198,8 @@ def build_phrase_index(taxonomy: Taxonomy) -> PhraseIndex:
     phrases: dict[tuple[str, ...], tuple[str, ...]] = {p: (c,) for p, c in explicit.items()}
     order = {s.class_name: i for i, s in enumerate(taxonomy.structures)}
     for phrase, members in unsided.items():
+        if phrase in explicit and _is_whole_of(explicit[phrase], members):
+            continue  # a model with the whole and its sides: "adrenal gland" names the whole
         if phrase in explicit:
             raise ValueError(
                 f"ambiguous synonym: {origin[phrase]!r} names {explicit[phrase]!r} only, "
@@ -221,6 +223,14 @@ def build_phrase_index(taxonomy: Taxonomy) -> PhraseIndex:
         laterality=sides,
         max_len=max((len(p) for p in phrases), default=0),
     )
+
+
+def _is_whole_of(class_name: str, members: Iterable[str]) -> bool:
+    """True when the anatomy vocabulary lists every one of ``members`` as a part of ``class_name``."""
+    from .anatomy import get_vocabulary  # anatomy imports this module
+
+    vocabulary = get_vocabulary()
+    return class_name in vocabulary and set(members) <= set(vocabulary[class_name].parts)
 
 
 def _prefix_side(class_name: str) -> str | None:
