@@ -363,7 +363,7 @@ def test_a_model_raising_changes_nothing(slicer_run, logic_module, tiny_bundle, 
     def broken_forward(*args, **kwargs):
         raise RuntimeError("CUDA out of memory (simulated)")
 
-    bundle.model.forward = broken_forward
+    bundle.model.backbone.swinViT.forward = broken_forward  # the encoder: every path (cached or not) runs it
     before = node_ids(scene)
     with pytest.raises(RuntimeError, match="simulated"):
         logic.segment(run.volume_node, "liver", bundle=str(tiny_bundle))
@@ -537,7 +537,7 @@ def test_probability_and_uncertainty_volumes_share_the_input_geometry(mrml, logi
         np.testing.assert_array_equal(ijk_to_ras(node), affine)
         np.testing.assert_allclose(slicer.util.arrayFromVolume(node).transpose(2, 1, 0), expected)
     assert "Left Kidney probability" in outputs.probability_nodes[0].GetName()
-    assert (result.uncertainty >= 0).all() and result.uncertainty.max() > 0
+    assert (result.uncertainty[0] >= 0).all() and result.uncertainty[0].max() > 0
 
 
 def test_parameter_node_is_a_singleton(mrml, logic_module, scene):

@@ -66,6 +66,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         bundle,
         device=args.device,
         overlap=args.overlap,
+        precision=args.precision,
         threshold=args.threshold,
         sw_batch_size=args.sw_batch_size,
         largest_component=args.largest_component,
@@ -93,6 +94,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     """Segment every case of a list file and score it against its labels (Dice, NSD); write a report."""
     from TextGuidedSegLib.bundle import load_bundle
     from TextGuidedSegLib.evaluation import evaluate
+    from TextGuidedSegLib.inference import Segmenter
 
     list_file = Path(args.list)
     if not list_file.is_file():
@@ -101,8 +103,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data-root {args.data_root} is not a folder")
     if args.nsd_tolerance < 0:
         raise ValueError(f"--nsd-tolerance must be a distance in mm >= 0, got {args.nsd_tolerance}")
+    bundle = load_bundle(resolve_bundle(args.bundle))
+    segmenter = Segmenter(
+        bundle, device=args.device, overlap=args.overlap, precision=args.precision, progress=False
+    )
     report = evaluate(
-        load_bundle(resolve_bundle(args.bundle)),
+        bundle,
         list_file,
         args.output,
         data_root=args.data_root,
@@ -113,6 +119,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         overlap=args.overlap,
         nsd_tolerance_mm=args.nsd_tolerance,
         progress=not args.no_progress,
+        segmenter=segmenter,
     )
     logger.info(
         "%d scores over %d structures: mean Dice %.3f, mean NSD %.3f (%g mm)",
@@ -137,6 +144,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         overlap=args.overlap,
+        precision=args.precision,
         progress=not args.no_progress,
     )
     written = [result.segmentation, result.sidecar, result.overlay, result.volumes]
@@ -321,10 +329,18 @@ def _cmd_clipseg_bench(args: argparse.Namespace) -> int:
 
 
 def _add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options every command that runs a bundle shares: device, sliding-window overlap, progress."""
+    """The options every command that runs a bundle shares: device, sliding-window overlap, precision,
+    progress."""
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     parser.add_argument(
         "--overlap", type=float, help="sliding-window overlap in [0, 1) (default: the bundle's; 0 is fastest)"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="network arithmetic: float32, bfloat16 autocast (CPU or CUDA), float16 autocast (CUDA only); "
+        "auto (default): float16 on CUDA, float32 on the CPU",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -178,6 +178,7 @@ def run_demo(
     seed: int = 0,
     overlap: float | None = None,
     progress: bool = True,
+    precision: str = "auto",
 ) -> DemoResult:
     """Segment a CT (a phantom by default) from ``prompt`` and write the demo files into ``output_dir``.
 
@@ -190,6 +191,7 @@ def run_demo(
         seed: the phantom's seed (ignored with ``input``).
         overlap: sliding-window overlap in [0, 1) (default: the bundle's; lower is faster on a CPU).
         progress: show the sliding-window progress bar.
+        precision: the Segmenter's precision ("auto", "float32", "bfloat16", "float16").
 
     Returns:
         The :class:`DemoResult`.
@@ -225,7 +227,7 @@ def run_demo(
         description = f"`{ct_path}`"
     volume = load_volume(ct_path)
 
-    segmenter = Segmenter(bundle, device=device, overlap=overlap, progress=progress)
+    segmenter = Segmenter(bundle, device=device, overlap=overlap, progress=progress, precision=precision)
     result = segmenter.segment(volume, prompt)
     files = write_segmentation(
         output / "segmentation.nii.gz", result, volume, bundle, prompt=prompt, threshold=segmenter.threshold

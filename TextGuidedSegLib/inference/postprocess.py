@@ -74,11 +74,23 @@ def body_mask(volume: Volume, threshold_hu: float = -500.0) -> np.ndarray:
     return filled
 
 
+def midline_x(affine: np.ndarray, body: np.ndarray) -> float:
+    """World (RAS) x (mm) of the centroid of ``body`` (an ``(I, J, K)`` bool mask)."""
+    body = np.asarray(body, dtype=bool)
+    if not body.any():
+        raise ValueError("the body mask is empty: cannot locate the mid-sagittal plane")
+    centre_index = np.asarray(ndimage.center_of_mass(body))
+    affine = np.asarray(affine, dtype=np.float64)
+    return float(affine[0, :3] @ centre_index + affine[0, 3])
+
+
 def split_by_laterality(
     mask: np.ndarray,
     side: Literal["right", "left"],
     affine: np.ndarray,
     body: np.ndarray | None = None,
+    *,
+    midline: float | None = None,
 ) -> np.ndarray:
     """Keep the voxels of ``mask`` on the patient's ``side`` of the mid-sagittal plane.
 
@@ -92,6 +104,7 @@ def split_by_laterality(
         side: ``"right"`` or ``"left"``, the patient's side.
         affine: ``(4, 4)`` voxel-to-RAS affine of the grid (``Volume.affine``; RAS, not LPS).
         body: optional ``(I, J, K)`` bool body mask (see :func:`body_mask`) locating the mid-sagittal plane.
+        midline: the plane's world x (:func:`midline_x`) instead of ``body``, e.g. for a box of a larger grid.
 
     Returns:
         ``(I, J, K)`` array of ``mask``'s dtype, zero outside the chosen side.
@@ -102,16 +115,15 @@ def split_by_laterality(
         raise ValueError(f"side must be 'right' or 'left' (the patient's side), got {side!r}")
     if mask.ndim != 3 or affine.shape != (4, 4):
         raise ValueError(f"expected an (I, J, K) mask and a (4, 4) affine, got {mask.shape}, {affine.shape}")
-    if body is not None:
-        body = np.asarray(body, dtype=bool)
-        if body.shape != mask.shape:
-            raise ValueError(f"body mask shape {body.shape} does not match the mask shape {mask.shape}")
-        if not body.any():
-            raise ValueError("the body mask is empty: cannot locate the mid-sagittal plane")
-        centre_index = np.asarray(ndimage.center_of_mass(body))
+    if midline is not None:
+        x_mid = float(midline)
+    elif body is not None:
+        if np.shape(body) != mask.shape:
+            raise ValueError(f"body mask shape {np.shape(body)} does not match the mask shape {mask.shape}")
+        x_mid = midline_x(affine, body)
     else:
         centre_index = (np.asarray(mask.shape, dtype=np.float64) - 1.0) / 2.0
-    x_mid = float(affine[0, :3] @ centre_index + affine[0, 3])
+        x_mid = float(affine[0, :3] @ centre_index + affine[0, 3])
     i, j, k = (np.arange(n, dtype=np.float64) for n in mask.shape)
     world_x = (
         affine[0, 0] * i[:, None, None] + affine[0, 1] * j[None, :, None] + affine[0, 2] * k[None, None, :]

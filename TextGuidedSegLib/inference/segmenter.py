@@ -8,8 +8,10 @@ The steps, each in one place:
 3. the volume goes to model space (RAS, bundle spacing) and through the bundle's HU window
    (``inference.geometry``), and is cropped to the body's bounding box as in training (bundles may opt out);
 4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
-5. sigmoid probabilities are resampled back onto the input's own grid, thresholded and optionally
+5. sigmoid probabilities go back onto the input's own grid one structure at a time, each only over the input
+   voxels its above-threshold model-space box reaches (``inference.resample``), thresholded and optionally
    post-processed (largest component, left/right split); overlapping structures go to the more probable one.
+   No (Q, I, J, K) float array is ever made: probability and uncertainty maps are computed when asked for.
    Softmax ("classes") models - MONAI model-zoo bundles - answer as their own pipeline does: softmax and
    argmax over all channels, inverted onto the input grid as MONAI's ``Invertd`` does (the label map by
    nearest neighbour, or the probabilities bilinearly and then the argmax, as the bundle says); the requested
@@ -44,11 +46,25 @@ from monai.inferers import sliding_window_inference
 from monai.transforms import Orientation, Spacing
 from monai.transforms.utils import convert_applied_interp_mode, generate_spatial_bounding_box
 from monai.utils import TraceKeys
+from scipy import ndimage
 
 from TextGuidedSegLib.bundle import Bundle, PreprocessConfig
-from TextGuidedSegLib.inference.geometry import to_model_space, to_original_space, window_intensity
+from TextGuidedSegLib.inference.feature_cache import (
+    DEFAULT_FEATURE_CACHE_BYTES,
+    FeatureCache,
+    supports_feature_cache,
+    window_features,
+    window_position,
+)
+from TextGuidedSegLib.inference.geometry import to_model_space, window_intensity
 from TextGuidedSegLib.inference.monai_pipeline import apply_intensity_steps, class_label_map
-from TextGuidedSegLib.inference.postprocess import body_mask, keep_largest_component, split_by_laterality
+from TextGuidedSegLib.inference.postprocess import (
+    body_mask,
+    keep_largest_component,
+    midline_x,
+    split_by_laterality,
+)
+from TextGuidedSegLib.inference.resample import InputGridResampler, ProbabilityMaps
 from TextGuidedSegLib.io import Volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, parse_prompt
 from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCacheError
@@ -88,6 +104,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
 
 
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device`` (None: plain float32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    cuda = device.type == "cuda"
+    if precision == "auto":
+        return torch.float16 if cuda else None
+    if precision == "float16" and not cuda:
+        raise ValueError("--precision float16 needs a CUDA device; on the CPU use bfloat16 or float32")
+    if precision == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--precision bfloat16: {device} does not support bfloat16; use float16 or float32")
+    return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
+
+
 @dataclass
 class SegmentInfo:
     """One segment of a segmentation result: what it is and how large it came out.
@@ -124,16 +157,17 @@ class SegmentationResult:
             background, ``q + 1`` is query ``q``.
         segments: one entry per query, in label order.
         queries: the structure queries, in label order.
-        probabilities: (Q, I, J, K) float32 sigmoid probabilities on the input grid, when requested.
-        uncertainty: (Q, I, J, K) float32 standard deviation of the probabilities over the test-time flips,
-            when the segmenter ran with ``flip_tta``.
+        probabilities: the sigmoid probabilities on the input grid, when requested: Q float32 (I, J, K) maps,
+            a lazy ``ProbabilityMaps`` (each computed when indexed) or, for softmax models, an array.
+        uncertainty: the same for the standard deviation of the probabilities over the test-time flips, when
+            the segmenter ran with ``flip_tta``.
     """
 
     labels: np.ndarray
     segments: list[SegmentInfo]
     queries: list[StructureQuery]
-    probabilities: np.ndarray | None = None
-    uncertainty: np.ndarray | None = None
+    probabilities: Sequence[np.ndarray] | None = None
+    uncertainty: Sequence[np.ndarray] | None = None
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
         """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
@@ -174,6 +208,7 @@ class PreparedVolume:
         intensity: the intensity steps it went through (JSON text), and ``interpolation`` the resampling mode.
         operations: MONAI's trace of the Orientation and Spacing it went through (``Invertd`` undoes these).
         label_maps: full class label maps on the input grid already computed from it (softmax models).
+        features: encoder features of its sliding windows (FiLM models), so a new prompt skips the encoder.
     """
 
     image: torch.Tensor
@@ -188,6 +223,7 @@ class PreparedVolume:
     interpolation: str = "bilinear"
     operations: tuple[dict[str, Any], ...] = ()
     label_maps: OrderedDict = field(default_factory=OrderedDict, compare=False, repr=False)
+    features: FeatureCache = field(default_factory=FeatureCache, compare=False, repr=False)
 
     def matches(self, volume: Volume, preprocessing: PreprocessConfig) -> bool:
         """True when this was made from ``volume``'s grid with the given pre-processing."""
@@ -265,6 +301,10 @@ class Segmenter:
             encoder is loaded on first need (bundles without one answer only their cached vocabulary).
         flip_tta: test-time augmentation by flips: also run the volume mirrored along each axis (4 passes),
             average the probabilities and return their standard deviation as ``result.uncertainty``.
+        precision: autocast dtype of the network: "float32" (none), "bfloat16" (CPU or CUDA), "float16"
+            (CUDA only), or "auto": float16 on CUDA, float32 on the CPU.
+        feature_cache_bytes: byte limit of the encoder features kept with a ``PreparedVolume`` passed to
+            ``segment`` (models that offer it: film_v1, film_v2); 0 disables the cache.
 
     Example::
 
@@ -285,6 +325,8 @@ class Segmenter:
         progress: bool = True,
         text_encoder: CLIPTextEncoder | None = None,
         flip_tta: bool = False,
+        precision: str = "auto",
+        feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES,
     ) -> None:
         settings = bundle.config.inference
         self.bundle = bundle
@@ -303,8 +345,16 @@ class Segmenter:
         self.progress = progress
         self._encoder = text_encoder
         self.flip_tta = flip_tta
+        self.precision = precision
+        self.autocast_dtype = _autocast_dtype(precision, self.device)
+        if feature_cache_bytes < 0:
+            raise ValueError(
+                f"feature_cache_bytes must be >= 0 (0 disables the cache), got {feature_cache_bytes}"
+            )
+        self.feature_cache_bytes = int(feature_cache_bytes)
         self.model = bundle.model.to(self.device).eval()
         self._volumes: OrderedDict[tuple, PreparedVolume] = OrderedDict()  # softmax models: recent volumes
+        self._midline: tuple[Volume, float] | None = None  # the last volume's mid-sagittal plane (RAS x)
 
     # -- prompts -> conditioning ------------------------------------------------------------------------
 
@@ -409,26 +459,44 @@ class Segmenter:
         text: torch.Tensor | None,
         class_indices: torch.Tensor | None,
         step: Callable[[int], None] | None = None,
+        *,
+        features: FeatureCache | None = None,
+        view: tuple[int, ...] = (),
     ) -> torch.Tensor:
         """Sliding-window logits (1, Q, X, Y, Z) for a windowed model-space image (1, 1, X, Y, Z).
 
         ``step(n)`` is called before each batch of ``n`` windows runs (progress and cancellation).
+        ``features``: the encoder-feature cache of the image's ``PreparedVolume`` (used when the model offers
+        it, see ``feature_cache``); ``view``: the axes ``image`` was flipped along (part of the cache key).
         """
         settings = self.bundle.config.inference
+        cached = features is not None and text is not None and supports_feature_cache(self.model)
+        context = (view, tuple(image.shape[2:]), settings.padding_mode, self.autocast_dtype, str(self.device))
 
-        def predictor(window: torch.Tensor) -> torch.Tensor:
+        def predictor(window: torch.Tensor, coords: Sequence[Sequence[slice]] | None = None) -> torch.Tensor:
             n = window.shape[0]
             if step is not None:
                 step(n)
             batch_text = None if text is None else text.expand(n, -1, -1)
+            if cached and coords is not None:
+                keys = [(context, window_position(c)) for c in coords]
+                encoded = window_features(self.model, window, keys, features)
+                return self.model.logits_from_features(encoded, batch_text.to(encoded.dec4.dtype))
             batch_indices = None if class_indices is None else class_indices.expand(n, -1)
             return self.model(window, batch_text, batch_indices)
 
-        amp = torch.autocast("cuda") if self.device.type == "cuda" else contextlib.nullcontext()
+        amp = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         if getattr(self.model, "predicts_volume", False):
             # 2D models (CLIPSeg bundles) segment the whole volume, slice by slice, in one call
             with torch.inference_mode(), amp:
                 return predictor(image.to(self.device)).float()
+        if cached:
+            features.bind(self.model)
+            held = features.nbytes
         with torch.inference_mode(), amp:
             logits = sliding_window_inference(
                 image.to(self.device),
@@ -439,8 +507,28 @@ class Segmenter:
                 mode=settings.blend_mode,
                 padding_mode=settings.padding_mode,
                 progress=self.progress,
+                with_coord=cached,
+            )
+        if cached:
+            logger.log(
+                logging.INFO if features.nbytes != held else logging.DEBUG,
+                "encoder feature cache: %s (%d hits, %d misses, %d evicted so far)",
+                features,
+                features.hits,
+                features.misses,
+                features.evictions,
             )
         return logits.float()
+
+    def feature_cache(self, prepared: PreparedVolume) -> FeatureCache | None:
+        """``prepared``'s encoder-feature cache, limited to ``feature_cache_bytes``, opened for a new
+        request; None when the cache is disabled or the model does not offer it."""
+        if not self.feature_cache_bytes or not supports_feature_cache(self.model):
+            return None
+        cache = prepared.features
+        cache.max_bytes = self.feature_cache_bytes
+        cache.new_request()
+        return cache
 
     def predict_probabilities(
         self,
@@ -448,14 +536,21 @@ class Segmenter:
         text: torch.Tensor | None,
         class_indices: torch.Tensor | None,
         step: Callable[[int], None] | None = None,
+        *,
+        features: FeatureCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Model-space probabilities (Q, X, Y, Z) and, with ``flip_tta``, their std over flips (else None)."""
+        """Model-space probabilities (Q, X, Y, Z) and, with ``flip_tta``, their std over flips (else None).
+
+        ``features``: see ``predict_logits`` (each flip is cached apart).
+        """
         if not self.flip_tta:
-            return torch.sigmoid(self.predict_logits(image, text, class_indices, step)[0]).cpu(), None
+            logits = self.predict_logits(image, text, class_indices, step, features=features)
+            with torch.inference_mode():  # in place: one (Q, X, Y, Z) array, not two
+                return logits[0].cpu().sigmoid_(), None
         passes = []
         for dims in _TTA_FLIPS:
             flipped = torch.flip(image, dims) if dims else image
-            logits = self.predict_logits(flipped, text, class_indices, step)
+            logits = self.predict_logits(flipped, text, class_indices, step, features=features, view=dims)
             passes.append(torch.sigmoid(torch.flip(logits, dims) if dims else logits)[0].cpu())
         stacked = torch.stack(passes)
         return stacked.mean(0), stacked.std(0, unbiased=False)
@@ -487,6 +582,7 @@ class Segmenter:
         text, class_indices = self.conditioning(queries)
         preprocessing = self.bundle.config.preprocessing
         classes = self.model.output == "classes"
+        features = None if prepared is None else self.feature_cache(prepared)  # only a kept PreparedVolume
         if prepared is None:
             prepared = self._recent_prepared(volume) if classes else self.prepare(volume)
         elif not prepared.matches(volume, preprocessing):
@@ -510,25 +606,20 @@ class Segmenter:
         total = 1 if whole_volume else count_windows(prepared.image.shape[2:], roi_size, self.overlap)
         total *= len(_TTA_FLIPS) if self.flip_tta else 1
         step = _WindowSteps(total, volume, progress_callback, cancel)
-        probabilities, spread = self.predict_probabilities(prepared.image, text, class_indices, step)
+        probabilities, spread = self.predict_probabilities(
+            prepared.image, text, class_indices, step, features=features
+        )
         if progress_callback is not None:
             progress_callback(total, total)
 
-        def back(values: torch.Tensor) -> np.ndarray:
-            return to_original_space(prepared.uncrop(values), volume, mode="bilinear", affine=prepared.affine)
-
-        probabilities = back(probabilities)
-        spread = None if spread is None else back(spread)
-        masks = probabilities >= self.threshold
-        masks = self._postprocess(masks, queries, volume)
-        labels = _label_map(probabilities, masks)
-        segments = _segment_infos(labels, queries, volume)
+        resampler = InputGridResampler(prepared.affine, prepared.grid_shape, prepared.crop, volume)
+        labels = self._postprocess(resampler.labels(probabilities, self.threshold), queries, volume)
         return SegmentationResult(
             labels=labels,
-            segments=segments,
+            segments=_segment_infos(labels, queries, volume),
             queries=queries,
-            probabilities=probabilities if return_probabilities else None,
-            uncertainty=spread,
+            probabilities=ProbabilityMaps(probabilities, resampler) if return_probabilities else None,
+            uncertainty=None if spread is None else ProbabilityMaps(spread, resampler),
         )
 
     def _recent_prepared(self, volume: Volume) -> PreparedVolume:
@@ -587,11 +678,7 @@ class Segmenter:
         lookup = np.zeros(self.model.config.num_classes, dtype=dtype)
         for q, channel in enumerate(channels):
             lookup[channel] = q + 1
-        labels = lookup[full]
-        if self.largest_component or self.split_laterality:
-            ids = np.arange(1, len(queries) + 1)[:, None, None, None]
-            masks = self._postprocess(labels[None] == ids, queries, volume)
-            labels = np.where(masks.any(0), masks.argmax(0) + 1, 0).astype(dtype)
+        labels = self._postprocess(lookup[full], queries, volume)
         return SegmentationResult(
             labels=labels,
             segments=_segment_infos(labels, queries, volume),
@@ -600,19 +687,30 @@ class Segmenter:
         )
 
     def _postprocess(
-        self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
+        self, labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
     ) -> np.ndarray:
-        """Apply the optional left/right split and largest-component filter to (Q, I, J, K) masks."""
-        body = None
-        for q, query in enumerate(queries):
+        """The optional left/right split and largest-component filter of each label's region, in place: the
+        voxels a filter removes become background."""
+        if not (self.largest_component or self.split_laterality):
+            return labels
+        boxes = ndimage.find_objects(labels, max_label=len(queries))
+        for q, (query, box) in enumerate(zip(queries, boxes, strict=True)):
+            if box is None:
+                continue
+            region = labels[box]  # a view
+            mask = region == q + 1
+            keep = mask
             side = query.structure.laterality if query.structure is not None else None
             if self.split_laterality and side is not None:
-                if body is None:
-                    body = body_mask(volume)
-                masks[q] = split_by_laterality(masks[q], side, volume.affine, body)
-            if self.largest_component and masks[q].any():
-                masks[q] = keep_largest_component(masks[q])
-        return masks
+                if self._midline is None or self._midline[0] is not volume:
+                    self._midline = (volume, midline_x(volume.affine, body_mask(volume)))
+                offset = np.eye(4)
+                offset[:3, 3] = [s.start for s in box]
+                keep = split_by_laterality(keep, side, volume.affine @ offset, midline=self._midline[1])
+            if self.largest_component and keep.any():
+                keep = keep_largest_component(keep)
+            region[mask & ~keep] = 0
+        return labels
 
 
 class _WindowSteps:
@@ -639,14 +737,6 @@ class _WindowSteps:
 def _intensity_key(preprocessing: PreprocessConfig) -> str:
     """The intensity steps of ``preprocessing`` as canonical JSON text."""
     return json.dumps(preprocessing.intensity_steps(), sort_keys=True)
-
-
-def _label_map(probabilities: np.ndarray, masks: np.ndarray) -> np.ndarray:
-    """Label map (I, J, K): for each voxel in any mask, 1 + the index of its most probable query."""
-    n_queries = masks.shape[0]
-    dtype = np.uint8 if n_queries < 256 else np.uint16
-    winner = np.where(masks, probabilities, -1.0).argmax(axis=0)
-    return np.where(masks.any(axis=0), winner + 1, 0).astype(dtype)
 
 
 def _segment_infos(

@@ -95,13 +95,18 @@ class SwinUNETRModel(TextSegModel):
         net = self.backbone
         hidden_states_out = net.swinViT(image, net.normalize)
         return SwinFeatures(
-            enc0=net.encoder1(image),
+            enc0=self.encode_full_resolution(image),
             enc1=net.encoder2(hidden_states_out[0]),
             enc2=net.encoder3(hidden_states_out[1]),
             enc3=net.encoder4(hidden_states_out[2]),
             hs3=hidden_states_out[3],
             dec4=net.encoder10(hidden_states_out[4]),
         )
+
+    def encode_full_resolution(self, image: torch.Tensor) -> torch.Tensor:
+        """``enc0 = encoder1(image)``: ``(B, fs, D, H, W)``, the one full-resolution encoder map (cheap to
+        recompute, the largest to keep: the feature cache recomputes it per window)."""
+        return self.backbone.encoder1(image)
 
     def decode(self, features: SwinFeatures) -> torch.Tensor:
         """Run decoder5 ... decoder1 (no output head).

@@ -63,8 +63,23 @@ class _FiLMSwinUNETR(SwinUNETRModel):
             ``(B, Q, D, H, W)`` in query mode, ``(B, num_classes, D, H, W)`` in global mode.
         """
         assert text is not None  # checked by TextSegModel.check_inputs
+        return self.logits_from_features(self.encode(image), text)
+
+    def logits_from_features(self, features: SwinFeatures, text: torch.Tensor) -> torch.Tensor:
+        """The text-dependent half of ``compute_logits``: condition and decode already encoded images.
+
+        With ``encode`` / ``encode_full_resolution`` this is the protocol of
+        ``inference.feature_cache`` (a new prompt re-uses the encoder features of every window).
+
+        Args:
+            features: ``self.encode(image)`` (or the same maps from a cache), batch ``B``.
+            text: ``(B, Q, E)`` embeddings (``Q = 1`` in global mode), in the features' dtype.
+
+        Returns:
+            ``(B, Q, D, H, W)`` in query mode, ``(B, num_classes, D, H, W)`` in global mode.
+        """
         batch, num_queries, _ = text.shape
-        features = self.encode(image).repeat_per_query(num_queries)
+        features = features.repeat_per_query(num_queries)
         logits = self.conditioned_logits(features, text.reshape(batch * num_queries, -1))
         return logits.reshape(batch, -1, *logits.shape[2:])
 

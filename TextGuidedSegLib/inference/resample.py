@@ -1,0 +1,239 @@
+"""Model-space maps back onto the input grid one structure at a time, never all of them at full size at once.
+
+The model grid is the input grid reoriented (a signed axis permutation) and rescaled (MONAI ``Orientation``
+and ``Spacing`` keep the direction cosines), so the input-voxel -> model-voxel transform is axis-aligned and
+trilinear interpolation is separable: three 1-D linear passes along the model axes give, to float32 rounding,
+what MONAI's ``SpatialResample`` (``align_corners=False``, ``padding_mode="border"``) gives through a full
+``(3, I, J, K)`` sampling grid (``Testing/test_resample.py`` compares both). A structure is resampled only
+over the input voxels its thresholded model-space box can reach, since linear interpolation never exceeds the
+largest of its neighbours. A transform that is not axis-aligned (never produced by ``prepare``) falls back to
+MONAI per structure.
+
+:class:`ProbabilityMaps` is the lazy ``(Q, I, J, K)`` view on the input grid that results hand out: each map
+is computed when indexed, so writing them one after the other holds one at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from TextGuidedSegLib.inference.geometry import to_original_space
+from TextGuidedSegLib.io import Volume
+
+Box = tuple[slice, slice, slice]
+
+_AXIS_TOLERANCE = 1e-6
+_SLAB = 16  # input slices per slab when labelling boundary voxels
+
+
+class InputGridResampler:
+    """Resample ``(X, Y, Z)`` maps of a cropped model grid onto an input grid, bilinearly (MONAI's geometry).
+
+    Args:
+        model_affine: ``(4, 4)`` voxel-to-RAS affine of the whole model grid.
+        grid_shape: ``(X, Y, Z)`` of the whole model grid.
+        crop: where the maps lie in that grid; values outside it are 0.
+        volume: the input volume (its ``affine`` and ``shape`` are the target grid).
+    """
+
+    def __init__(
+        self, model_affine: np.ndarray, grid_shape: Sequence[int], crop: Box, volume: Volume
+    ) -> None:
+        self.model_affine = np.asarray(model_affine, dtype=np.float64)
+        self.grid_shape = tuple(int(n) for n in grid_shape)
+        self.crop = crop
+        self.volume = volume
+        self.shape = tuple(int(n) for n in volume.shape)
+        xform = np.linalg.solve(self.model_affine, np.asarray(volume.affine, dtype=np.float64))
+        self._axes = _axis_map(xform)  # per input axis d: (model axis, scale, offset), or None
+        if self._axes is not None:  # shrinking axes first keeps the intermediates small
+            growth = [self.shape[d] / self.grid_shape[axis] for d, (axis, _, _) in enumerate(self._axes)]
+            self._order = [int(d) for d in np.argsort(growth, kind="stable")]
+
+    @property
+    def separable(self) -> bool:
+        """True when the transform is axis-aligned (always, for grids made by ``Segmenter.prepare``)."""
+        return self._axes is not None
+
+    def uncrop(self, values: torch.Tensor) -> torch.Tensor:
+        """``(x, y, z)`` on the crop -> ``(X, Y, Z)`` float32 on the whole model grid, 0 outside."""
+        values = values.detach().to("cpu", torch.float32)
+        if tuple(values.shape) == self.grid_shape:
+            return values
+        full = values.new_zeros(self.grid_shape)
+        full[self.crop] = values
+        return full
+
+    def labels(self, probabilities: torch.Tensor, threshold: float) -> np.ndarray:
+        """The (I, J, K) label map of ``(Q, x, y, z)`` probabilities on the crop: at each input voxel,
+        ``1 + q`` for the most probable query whose interpolated probability reaches ``threshold`` (the first
+        on ties), else 0; uint8 below 256 queries, else uint16.
+
+        Decided in model space where that is exact: when the model-space label is the same at the 8 corners
+        of an input voxel's interpolation cell, every query's interpolated value keeps the order and the
+        threshold side it has at all corners, so the voxel takes that label. Only the voxels of mixed cells
+        (boundaries) are interpolated.
+        """
+        queries = probabilities.shape[0]
+        dtype = np.uint8 if queries < 256 else np.uint16
+        if self._axes is None:  # never from prepare: every structure in full, one at a time
+            labels, best = np.zeros(self.shape, dtype), np.zeros(self.shape, np.float32)
+            for q in range(queries):
+                values = self.resample(probabilities[q])
+                wins = (values >= threshold) & (values > best)  # threshold > 0: best = 0 means "none yet"
+                best[wins], labels[wins] = values[wins], q + 1
+            return labels
+        model_labels = torch.zeros(self.grid_shape, dtype=torch.int32)
+        model_labels[self.crop] = _model_labels(probabilities, threshold)
+        uniform = torch.ones(self.grid_shape, dtype=torch.bool)
+        for offset in ((0, 0, 1), (0, 1, 0), (0, 1, 1), (1, 0, 0), (1, 0, 1), (1, 1, 0), (1, 1, 1)):
+            corner = tuple(
+                torch.clamp(torch.arange(n) + o, max=n - 1)
+                for n, o in zip(self.grid_shape, offset, strict=True)
+            )
+            uniform &= model_labels == model_labels[torch.meshgrid(*corner, indexing="ij")]
+        lows = [
+            _linear_weights(scale, off, 0, self.shape[d], self.grid_shape[axis])
+            for d, (axis, scale, off) in enumerate(self._axes)
+        ]
+        cell = np.ix_(*(low for low, _, _ in lows))
+        order = [axis for axis, _, _ in self._axes]
+        labels = model_labels.permute(order).numpy().astype(dtype)[cell]
+        mixed = ~uniform.permute(order).numpy()[cell]
+        self._label_mixed(probabilities, threshold, labels, mixed)
+        return labels
+
+    def _label_mixed(
+        self, probabilities: torch.Tensor, threshold: float, labels: np.ndarray, mixed: np.ndarray
+    ) -> None:
+        """Label the ``mixed`` voxels of ``labels`` from every query's interpolated values, slab by slab (the
+        mixed voxels' box in each slab), one query at a time."""
+        slabs = []
+        for start in range(0, self.shape[2], _SLAB):
+            part = mixed[:, :, start : start + _SLAB]
+            hits = [np.flatnonzero(part.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
+            if hits[0].size:
+                offsets = (0, 0, start)
+                ends = zip(hits, offsets, strict=True)
+                box = tuple(slice(int(h[0]) + o, int(h[-1]) + 1 + o) for h, o in ends)
+                shape = tuple(b.stop - b.start for b in box)
+                slabs.append((box, np.zeros(shape, np.float32), np.zeros(shape, labels.dtype)))
+        for q in range(probabilities.shape[0]):
+            if not bool((probabilities[q] >= threshold).any()):
+                continue  # never reaches the threshold anywhere: no interpolated value does either
+            full = self.uncrop(probabilities[q])
+            for box, best, slab_labels in slabs:
+                values = self.resample(full, box)
+                wins = (values >= threshold) & (values > best)  # threshold > 0: best 0 means "none yet"
+                best[wins] = values[wins]
+                slab_labels[wins] = q + 1
+        for box, _, slab_labels in slabs:
+            where = mixed[box]
+            labels[box][where] = slab_labels[where]
+
+
+    def resample(self, values: torch.Tensor, box: Box | None = None) -> np.ndarray:
+        """``(x, y, z)`` model-space values on the crop (or ``(X, Y, Z)`` on the whole grid) -> float32
+        ``box`` of the input grid (all of it by default)."""
+        box = box if box is not None else tuple(slice(0, n) for n in self.shape)
+        full = self.uncrop(values)
+        if self._axes is None:
+            image = to_original_space(full[None], self.volume, mode="bilinear", affine=self.model_affine)[0]
+            return np.ascontiguousarray(image[box])
+        # only the model voxels the box interpolates from; then each model axis in turn becomes the input axis
+        # it maps to: gather the two neighbours, blend
+        weights = {}
+        region = [slice(None)] * 3
+        for d, (axis, scale, offset) in enumerate(self._axes):
+            size = self.grid_shape[axis]
+            low, high, weight = _linear_weights(scale, offset, box[d].start, box[d].stop, size)
+            start = int(low.min(initial=0))
+            region[axis] = slice(start, int(high.max(initial=0)) + 1)
+            weights[d] = (low - start, high - start, weight)
+        data = full[tuple(region)]
+        for d in self._order:  # the same order for any box: a box is exactly that part of the whole
+            axis = self._axes[d][0]
+            low, high, weight = weights[d]
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            before = (slice(None),) * axis  # advanced indexing: index_select is many times slower on CPU
+            data = torch.lerp(
+                data[(*before, torch.from_numpy(low))],
+                data[(*before, torch.from_numpy(high))],
+                torch.from_numpy(weight).view(shape),
+            )
+        order = [axis for axis, _, _ in self._axes]  # input axis d holds model axis order[d]
+        return np.ascontiguousarray(data.permute(order).numpy())
+
+
+class ProbabilityMaps(Sequence[np.ndarray]):
+    """``(Q, I, J, K)`` float32 maps on the input grid, each computed from model space when indexed.
+
+    ``maps[q]`` is one ``(I, J, K)`` array; ``np.asarray(maps)`` stacks them all (Q full-size maps: avoid it
+    for many structures on a large CT).
+    """
+
+    def __init__(self, values: torch.Tensor, resampler: InputGridResampler) -> None:
+        self._values = values  # (Q, x, y, z) on the model-space crop
+        self._resampler = resampler
+
+    def __len__(self) -> int:
+        return int(self._values.shape[0])
+
+    def __getitem__(self, index: int) -> np.ndarray:  # type: ignore[override]
+        if not isinstance(index, (int, np.integer)):
+            raise TypeError(f"ProbabilityMaps take one structure index, got {index!r}")
+        return self._resampler.resample(self._values[index])
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[q] for q in range(len(self)))
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(Q, I, J, K)``."""
+        return (len(self), *self._resampler.shape)
+
+    def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
+        stacked = np.stack(list(self)) if len(self) else np.zeros(self.shape, np.float32)
+        return stacked if dtype is None else stacked.astype(dtype)
+
+
+def _model_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
+    """``(x, y, z)`` int32 labels of ``(Q, x, y, z)`` probabilities: 1 + the most probable query at or above
+    ``threshold`` (the first on ties), else 0."""
+    best = torch.zeros(probabilities.shape[1:])
+    labels = torch.zeros(probabilities.shape[1:], dtype=torch.int32)
+    for q in range(probabilities.shape[0]):
+        values = probabilities[q].float()
+        wins = (values >= threshold) & (values > best)
+        best[wins] = values[wins]
+        labels[wins] = q + 1
+    return labels
+
+
+def _axis_map(xform: np.ndarray) -> list[tuple[int, float, float]] | None:
+    """Per input axis: (model axis, scale, offset) with ``model_index = scale * input_index + offset``."""
+    linear = xform[:3, :3]
+    axes = []
+    for d in range(3):
+        column = linear[:, d]
+        axis = int(np.argmax(np.abs(column)))
+        if np.abs(np.delete(column, axis)).max() > _AXIS_TOLERANCE * max(abs(column[axis]), 1.0):
+            return None
+        axes.append((axis, float(column[axis]), float(xform[axis, 3])))
+    if sorted(a for a, _, _ in axes) != [0, 1, 2]:
+        return None
+    return axes
+
+
+def _linear_weights(
+    scale: float, offset: float, start: int, stop: int, size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Neighbour indices and weights of input voxels ``start..stop-1`` along one axis (border padding)."""
+    position = np.clip(scale * np.arange(start, stop, dtype=np.float64) + offset, 0.0, size - 1)
+    low = np.floor(position).astype(np.int64)
+    high = np.minimum(low + 1, size - 1)
+    return low, high, (position - low).astype(np.float32)
