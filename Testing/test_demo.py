@@ -159,7 +159,7 @@ def test_demo_command_passes_its_options(tmp_path: Path, monkeypatch, capsys) ->
     bundle = tmp_path / "b.zip"
     bundle.touch()  # --bundle is resolved (a path, registry or installed name) before the demo runs
     args = ["demo", "-o", str(tmp_path), "--input", "ct.nii.gz", "-p", "liver", "-b", str(bundle)]
-    args += ["--seed", "3"]
+    args += ["--seed", "3", "--precision", "bfloat16"]
     assert main([*args, "--device", "cpu", "--overlap", "0.25", "--no-progress"]) == 0
     assert calls == {
         "output_dir": str(tmp_path),
@@ -169,6 +169,7 @@ def test_demo_command_passes_its_options(tmp_path: Path, monkeypatch, capsys) ->
         "device": "cpu",
         "seed": 3,
         "overlap": 0.25,
+        "precision": "bfloat16",
         "progress": False,
     }
     assert "| 1 | Liver | 10 | 0.3 |" in capsys.readouterr().out

@@ -34,7 +34,7 @@ from TextGuidedSegLib.data.label_transfer import transfer_labels
 from TextGuidedSegLib.data.phantom import PhantomConfig, make_phantom
 from TextGuidedSegLib.evaluation.evaluate import universal_label_ids
 from TextGuidedSegLib.evaluation.metrics import dice_score
-from TextGuidedSegLib.inference.segmenter import SegmentInfo
+from TextGuidedSegLib.inference.result import SegmentInfo
 from TextGuidedSegLib.taxonomy import StructureQuery
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from TextGuidedSegLib.evaluation.report import (
     write_metrics_csv,
     write_summary_md,
 )
-from TextGuidedSegLib.inference.segmenter import SegmentationResult
+from TextGuidedSegLib.inference.result import SegmentationResult
 from TextGuidedSegLib.io import Volume, load_volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, Taxonomy, parse_prompt
 

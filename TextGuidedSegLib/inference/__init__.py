@@ -8,15 +8,17 @@ from __future__ import annotations
 
 from TextGuidedSegLib._lazy import lazy_getattr
 
-__all__ = [
-    "PreparedVolume",
-    "ProgressCallback",
-    "SegmentInfo",
-    "SegmentationCancelled",
-    "SegmentationResult",
-    "Segmenter",
-    "count_windows",
-    "resolve_device",
-]
+_MODULES = {
+    "PreparedVolume": "prepared",
+    "count_windows": "prepared",
+    "ProbabilityMaps": "resample",
+    "SegmentInfo": "result",
+    "SegmentationResult": "result",
+    "ProgressCallback": "segmenter",
+    "SegmentationCancelled": "segmenter",
+    "Segmenter": "segmenter",
+    "resolve_device": "segmenter",
+}
+__all__ = sorted(_MODULES)
 
-__getattr__ = lazy_getattr(__name__, dict.fromkeys(__all__, "segmenter"))
+__getattr__ = lazy_getattr(__name__, _MODULES)

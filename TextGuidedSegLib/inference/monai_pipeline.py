@@ -14,7 +14,7 @@ from monai.data import MetaTensor
 from monai.transforms import NormalizeIntensity, ScaleIntensity, ScaleIntensityRange
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from TextGuidedSegLib.inference.segmenter import PreparedVolume
+    from TextGuidedSegLib.inference.prepared import PreparedVolume
 
 #: MONAI array transforms behind ``PreprocessConfig.intensity`` steps.
 INTENSITY_TRANSFORMS = {

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from TextGuidedSegLib.bundle import Bundle
-from TextGuidedSegLib.inference.segmenter import SegmentationResult
+from TextGuidedSegLib.inference.result import SegmentationResult
 from TextGuidedSegLib.io import Volume, save_label_map, save_volume
 
 logger = logging.getLogger(__name__)

@@ -134,7 +134,6 @@ class InputGridResampler:
             where = mixed[box]
             labels[box][where] = slab_labels[where]
 
-
     def resample(self, values: torch.Tensor, box: Box | None = None) -> np.ndarray:
         """``(x, y, z)`` model-space values on the crop (or ``(X, Y, Z)`` on the whole grid) -> float32
         ``box`` of the input grid (all of it by default)."""

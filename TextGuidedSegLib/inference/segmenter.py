@@ -29,26 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
-from monai.data import MetaTensor
-from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
-from monai.transforms import Orientation, Spacing
-from monai.transforms.utils import convert_applied_interp_mode, generate_spatial_bounding_box
+from monai.transforms.utils import generate_spatial_bounding_box
 from monai.utils import TraceKeys
 from scipy import ndimage
 
-from TextGuidedSegLib.bundle import Bundle, PreprocessConfig
+from TextGuidedSegLib.bundle import Bundle
 from TextGuidedSegLib.inference.feature_cache import (
     DEFAULT_FEATURE_CACHE_BYTES,
     FeatureCache,
@@ -64,14 +58,14 @@ from TextGuidedSegLib.inference.postprocess import (
     midline_x,
     split_by_laterality,
 )
+from TextGuidedSegLib.inference.prepared import PreparedVolume, count_windows, intensity_key
 from TextGuidedSegLib.inference.resample import InputGridResampler, ProbabilityMaps
+from TextGuidedSegLib.inference.result import SegmentationResult, segment_infos
 from TextGuidedSegLib.io import Volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, parse_prompt
 from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCacheError
 
 logger = logging.getLogger(__name__)
-
-SIDECAR_FORMAT_VERSION = 1
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``callback(done, total)`` with the number of sliding windows run so far and in all."""
@@ -81,7 +75,6 @@ _TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (2,), (3,), (4,))
 # Full class label maps kept per PreparedVolume (one per model / settings), and volumes kept per Segmenter.
 _CACHED_LABEL_MAPS = 2
 _CACHED_VOLUMES = 2
-_RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
 
 
 class SegmentationCancelled(RuntimeError):
@@ -119,170 +112,6 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bfloat16" and cuda and not torch.cuda.is_bf16_supported():
         raise ValueError(f"--precision bfloat16: {device} does not support bfloat16; use float16 or float32")
     return {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[precision]
-
-
-@dataclass
-class SegmentInfo:
-    """One segment of a segmentation result: what it is and how large it came out.
-
-    Attributes:
-        label_id: value of this segment in the label map (1 = first query).
-        name: display name ("Right Kidney", or the free text).
-        class_name: taxonomy key, None for a free-text query.
-        prompt: text the model was conditioned on.
-        text: the words the user typed for it.
-        color: recommended display colour, RGB 0-255.
-        terminology: Slicer terminology entry string, None for free text.
-        voxels: number of voxels in the label map.
-        volume_ml: volume in millilitres.
-    """
-
-    label_id: int
-    name: str
-    class_name: str | None
-    prompt: str
-    text: str
-    color: tuple[int, int, int]
-    terminology: str | None
-    voxels: int
-    volume_ml: float
-
-
-@dataclass
-class SegmentationResult:
-    """Output of ``Segmenter.segment``: a label map on the input grid plus what each label means.
-
-    Attributes:
-        labels: (I, J, K) uint8 (uint16 beyond 255 queries) label map on the input volume's grid; 0 is
-            background, ``q + 1`` is query ``q``.
-        segments: one entry per query, in label order.
-        queries: the structure queries, in label order.
-        probabilities: the sigmoid probabilities on the input grid, when requested: Q float32 (I, J, K) maps,
-            a lazy ``ProbabilityMaps`` (each computed when indexed) or, for softmax models, an array.
-        uncertainty: the same for the standard deviation of the probabilities over the test-time flips, when
-            the segmenter ran with ``flip_tta``.
-    """
-
-    labels: np.ndarray
-    segments: list[SegmentInfo]
-    queries: list[StructureQuery]
-    probabilities: Sequence[np.ndarray] | None = None
-    uncertainty: Sequence[np.ndarray] | None = None
-
-    def sidecar(self, **extra: Any) -> dict[str, Any]:
-        """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
-        return {
-            "format_version": SIDECAR_FORMAT_VERSION,
-            **extra,
-            "segments": [
-                {
-                    "label_id": s.label_id,
-                    "name": s.name,
-                    "class_name": s.class_name,
-                    "prompt": s.prompt,
-                    "text": s.text,
-                    "color": list(s.color),
-                    "terminology": s.terminology,
-                    "voxels": s.voxels,
-                    "volume_ml": round(s.volume_ml, 3),
-                }
-                for s in self.segments
-            ],
-        }
-
-
-@dataclass(frozen=True)
-class PreparedVolume:
-    """A volume in model space and windowed: the model's input, reusable for any prompt on that volume.
-
-    Attributes:
-        image: ``(1, 1, x, y, z)`` float32 tensor (RAS, the bundle's spacing, HU window or intensity steps),
-            cropped to the foreground box ``crop`` of the model-space grid.
-        affine: ``(4, 4)`` voxel-to-RAS affine of the whole model-space grid.
-        grid_shape: ``(X, Y, Z)`` of the whole model-space grid.
-        crop: where ``image`` lies in that grid (three slices; the whole grid without cropping).
-        source_shape: ``(I, J, K)`` of the volume it was made from.
-        source_affine: ``(4, 4)`` voxel-to-RAS affine of that volume.
-        spacing: model spacing (mm) it was resampled to.
-        hu_window: HU window it was mapped through (when ``intensity`` is the default).
-        intensity: the intensity steps it went through (JSON text), and ``interpolation`` the resampling mode.
-        operations: MONAI's trace of the Orientation and Spacing it went through (``Invertd`` undoes these).
-        label_maps: full class label maps on the input grid already computed from it (softmax models).
-        features: encoder features of its sliding windows (FiLM models), so a new prompt skips the encoder.
-    """
-
-    image: torch.Tensor
-    affine: np.ndarray
-    grid_shape: tuple[int, int, int]
-    crop: tuple[slice, slice, slice]
-    source_shape: tuple[int, int, int]
-    source_affine: np.ndarray
-    spacing: tuple[float, float, float]
-    hu_window: tuple[float, float]
-    intensity: str = ""
-    interpolation: str = "bilinear"
-    operations: tuple[dict[str, Any], ...] = ()
-    label_maps: OrderedDict = field(default_factory=OrderedDict, compare=False, repr=False)
-    features: FeatureCache = field(default_factory=FeatureCache, compare=False, repr=False)
-
-    def matches(self, volume: Volume, preprocessing: PreprocessConfig) -> bool:
-        """True when this was made from ``volume``'s grid with the given pre-processing."""
-        return (
-            tuple(self.source_shape) == tuple(volume.shape)
-            and np.allclose(self.source_affine, volume.affine, atol=1e-6)
-            and np.allclose(self.spacing, preprocessing.spacing)
-            and np.allclose(self.hu_window, preprocessing.hu_window)
-            and self.intensity == _intensity_key(preprocessing)
-            and self.interpolation == preprocessing.interpolation
-        )
-
-    def to_input_grid(self, data: torch.Tensor, nearest: bool) -> torch.Tensor:
-        """``(C, X, Y, Z)`` on the whole model grid -> ``(C, I, J, K)`` on the input grid.
-
-        MONAI's own inverse of the traced Spacing and Orientation (what ``Invertd`` runs), by nearest
-        neighbour or with the forward interpolation, computed in ``Spacing``'s default float64.
-        """
-        operations = copy.deepcopy(list(self.operations))
-        if nearest:
-            operations = convert_applied_interp_mode(operations, mode="nearest", align_corners=None)
-        plain = data.as_tensor() if isinstance(data, MetaTensor) else data
-        meta = MetaTensor(plain, affine=torch.as_tensor(self.affine), applied_operations=operations)
-        meta = Spacing(pixdim=self.spacing).inverse(meta)
-        meta = Orientation(axcodes="RAS", labels=_RAS_LABELS).inverse(meta)
-        return meta.as_tensor()
-
-    def uncrop(self, data: torch.Tensor) -> torch.Tensor:
-        """``(C, x, y, z)`` values on the crop -> ``(C, X, Y, Z)`` on the whole model grid, 0 outside."""
-        if tuple(data.shape[1:]) == tuple(self.grid_shape):
-            return data
-        full = data.new_zeros((data.shape[0], *self.grid_shape))
-        full[(slice(None), *self.crop)] = data
-        return full
-
-
-def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:
-    """Number of windows ``sliding_window_inference`` runs over an image of ``image_size`` (spatial dims).
-
-    MONAI pads an image smaller than the ROI up to it, then steps ``int(roi * (1 - overlap))`` (at least 1)
-    along each axis, or one ROI where the axis equals it.
-    """
-    padded = [max(int(i), int(r)) for i, r in zip(image_size, roi_size, strict=True)]
-    interval = [
-        int(r) if p == int(r) else max(int(int(r) * (1.0 - overlap)), 1)
-        for p, r in zip(padded, roi_size, strict=True)
-    ]
-    return len(dense_patch_slices(padded, [int(r) for r in roi_size], interval))
-
-
-# Colours for free-text segments, which have no terminology entry.
-_FREE_TEXT_COLORS = [
-    (230, 25, 75),
-    (60, 180, 75),
-    (255, 225, 25),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-]
 
 
 class Segmenter:
@@ -448,7 +277,7 @@ class Segmenter:
             source_affine=np.asarray(volume.affine, dtype=np.float64).copy(),
             spacing=tuple(preprocessing.spacing),
             hu_window=tuple(preprocessing.hu_window),
-            intensity=_intensity_key(preprocessing),
+            intensity=intensity_key(preprocessing),
             interpolation=preprocessing.interpolation,
             operations=tuple(operations),
         )
@@ -616,7 +445,7 @@ class Segmenter:
         labels = self._postprocess(resampler.labels(probabilities, self.threshold), queries, volume)
         return SegmentationResult(
             labels=labels,
-            segments=_segment_infos(labels, queries, volume),
+            segments=segment_infos(labels, queries, volume),
             queries=queries,
             probabilities=ProbabilityMaps(probabilities, resampler) if return_probabilities else None,
             uncertainty=None if spread is None else ProbabilityMaps(spread, resampler),
@@ -681,7 +510,7 @@ class Segmenter:
         labels = self._postprocess(lookup[full], queries, volume)
         return SegmentationResult(
             labels=labels,
-            segments=_segment_infos(labels, queries, volume),
+            segments=segment_infos(labels, queries, volume),
             queries=list(queries),
             probabilities=probabilities,
         )
@@ -732,40 +561,3 @@ class _WindowSteps:
         if self.cancel is not None and self.cancel.is_set():
             raise SegmentationCancelled(f"segmentation of {self.volume.source or 'the volume'} cancelled")
         self.done += n
-
-
-def _intensity_key(preprocessing: PreprocessConfig) -> str:
-    """The intensity steps of ``preprocessing`` as canonical JSON text."""
-    return json.dumps(preprocessing.intensity_steps(), sort_keys=True)
-
-
-def _segment_infos(
-    labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
-) -> list[SegmentInfo]:
-    """Names, codes, colours and volumes of the segments in ``labels``."""
-    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)
-    infos = []
-    for q, query in enumerate(queries):
-        structure = query.structure
-        if structure is not None:
-            color = tuple(structure.terminology.color)
-            terminology = structure.terminology.slicer_entry()
-        else:
-            color = _FREE_TEXT_COLORS[q % len(_FREE_TEXT_COLORS)]
-            terminology = None
-        voxels = int(counts[q + 1])
-        infos.append(
-            SegmentInfo(
-                label_id=q + 1,
-                name=query.name,
-                class_name=query.class_name,
-                prompt=query.prompt,
-                text=query.text,
-                color=color,
-                terminology=terminology,
-                voxels=voxels,
-                volume_ml=voxels * voxel_ml,
-            )
-        )
-    return infos

@@ -1,0 +1,125 @@
+"""What a segmentation run returns: the label map, what each label means, and optional probability maps."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from TextGuidedSegLib.io import Volume
+from TextGuidedSegLib.taxonomy import StructureQuery
+
+SIDECAR_FORMAT_VERSION = 1
+
+
+@dataclass
+class SegmentInfo:
+    """One segment of a segmentation result: what it is and how large it came out.
+
+    Attributes:
+        label_id: value of this segment in the label map (1 = first query).
+        name: display name ("Right Kidney", or the free text).
+        class_name: taxonomy key, None for a free-text query.
+        prompt: text the model was conditioned on.
+        text: the words the user typed for it.
+        color: recommended display colour, RGB 0-255.
+        terminology: Slicer terminology entry string, None for free text.
+        voxels: number of voxels in the label map.
+        volume_ml: volume in millilitres.
+    """
+
+    label_id: int
+    name: str
+    class_name: str | None
+    prompt: str
+    text: str
+    color: tuple[int, int, int]
+    terminology: str | None
+    voxels: int
+    volume_ml: float
+
+
+@dataclass
+class SegmentationResult:
+    """Output of ``Segmenter.segment``: a label map on the input grid plus what each label means.
+
+    Attributes:
+        labels: (I, J, K) uint8 (uint16 beyond 255 queries) label map on the input volume's grid; 0 is
+            background, ``q + 1`` is query ``q``.
+        segments: one entry per query, in label order.
+        queries: the structure queries, in label order.
+        probabilities: the sigmoid probabilities on the input grid, when requested: Q float32 (I, J, K) maps,
+            a lazy ``ProbabilityMaps`` (each computed when indexed) or, for softmax models, an array.
+        uncertainty: the same for the standard deviation of the probabilities over the test-time flips, when
+            the segmenter ran with ``flip_tta``.
+    """
+
+    labels: np.ndarray
+    segments: list[SegmentInfo]
+    queries: list[StructureQuery]
+    probabilities: Sequence[np.ndarray] | None = None
+    uncertainty: Sequence[np.ndarray] | None = None
+
+    def sidecar(self, **extra: Any) -> dict[str, Any]:
+        """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
+        return {
+            "format_version": SIDECAR_FORMAT_VERSION,
+            **extra,
+            "segments": [
+                {
+                    "label_id": s.label_id,
+                    "name": s.name,
+                    "class_name": s.class_name,
+                    "prompt": s.prompt,
+                    "text": s.text,
+                    "color": list(s.color),
+                    "terminology": s.terminology,
+                    "voxels": s.voxels,
+                    "volume_ml": round(s.volume_ml, 3),
+                }
+                for s in self.segments
+            ],
+        }
+
+
+# Colours for free-text segments, which have no terminology entry.
+_FREE_TEXT_COLORS = [
+    (230, 25, 75),
+    (60, 180, 75),
+    (255, 225, 25),
+    (0, 130, 200),
+    (245, 130, 48),
+    (145, 30, 180),
+]
+
+
+def segment_infos(labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> list[SegmentInfo]:
+    """Names, codes, colours and volumes of the segments in ``labels``."""
+    voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
+    counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)
+    infos = []
+    for q, query in enumerate(queries):
+        structure = query.structure
+        if structure is not None:
+            color = tuple(structure.terminology.color)
+            terminology = structure.terminology.slicer_entry()
+        else:
+            color = _FREE_TEXT_COLORS[q % len(_FREE_TEXT_COLORS)]
+            terminology = None
+        voxels = int(counts[q + 1])
+        infos.append(
+            SegmentInfo(
+                label_id=q + 1,
+                name=query.name,
+                class_name=query.class_name,
+                prompt=query.prompt,
+                text=query.text,
+                color=color,
+                terminology=terminology,
+                voxels=voxels,
+                volume_ml=voxels * voxel_ml,
+            )
+        )
+    return infos
