@@ -26,7 +26,7 @@ from TextGuidedSegLib.io import Volume
 Box = tuple[slice, slice, slice]
 
 _AXIS_TOLERANCE = 1e-6
-_SLAB = 16  # input slices per slab when labelling boundary voxels
+_TILE = 32  # model voxels per tile side when labelling boundary voxels
 
 
 class InputGridResampler:
@@ -103,36 +103,63 @@ class InputGridResampler:
         order = [axis for axis, _, _ in self._axes]
         labels = model_labels.permute(order).numpy().astype(dtype)[cell]
         mixed = ~uniform.permute(order).numpy()[cell]
-        self._label_mixed(probabilities, threshold, labels, mixed)
+        self._label_mixed(probabilities, threshold, labels, mixed, ~uniform, [low for low, _, _ in lows])
         return labels
 
     def _label_mixed(
-        self, probabilities: torch.Tensor, threshold: float, labels: np.ndarray, mixed: np.ndarray
+        self,
+        probabilities: torch.Tensor,
+        threshold: float,
+        labels: np.ndarray,
+        mixed: np.ndarray,
+        mixed_cells: torch.Tensor,
+        lows: list[np.ndarray],
     ) -> None:
-        """Label the ``mixed`` voxels of ``labels`` from every query's interpolated values, slab by slab (the
-        mixed voxels' box in each slab), one query at a time."""
-        slabs = []
-        for start in range(0, self.shape[2], _SLAB):
-            part = mixed[:, :, start : start + _SLAB]
-            hits = [np.flatnonzero(part.any(axis=other)) for other in ((1, 2), (0, 2), (0, 1))]
-            if hits[0].size:
-                offsets = (0, 0, start)
-                ends = zip(hits, offsets, strict=True)
-                box = tuple(slice(int(h[0]) + o, int(h[-1]) + 1 + o) for h, o in ends)
-                shape = tuple(b.stop - b.start for b in box)
-                slabs.append((box, np.zeros(shape, np.float32), np.zeros(shape, labels.dtype)))
+        """Label the ``mixed`` voxels of ``labels`` from interpolated values, tile by tile of the model grid;
+        in each tile only the queries at or above ``threshold`` at a corner of one of its mixed cells."""
+        tiles = _tile_any(mixed_cells)
+        corners = mixed_cells.clone()  # model voxels that are a corner of a mixed cell
+        for axis in range(3):
+            shifted = [slice(None)] * 3
+            shifted[axis] = slice(1, None)
+            source = [slice(None)] * 3
+            source[axis] = slice(0, -1)
+            corners[tuple(shifted)] |= corners[tuple(source)].clone()
+        # input-voxel range of each model tile along each input axis (cells are monotone in the index)
+        ranges = []
+        for low in lows:
+            tile_of, first, count = np.unique(low // _TILE, return_index=True, return_counts=True)
+            spans = zip(tile_of, first, first + count, strict=True)
+            ranges.append({int(t): slice(int(start), int(stop)) for t, start, stop in spans})
+        states: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
         for q in range(probabilities.shape[0]):
-            if not bool((probabilities[q] >= threshold).any()):
-                continue  # never reaches the threshold anywhere: no interpolated value does either
             full = self.uncrop(probabilities[q])
-            for box, best, slab_labels in slabs:
+            relevant = _tile_any((full >= threshold) & corners)
+            for axis in range(3):  # a cell's corners may lie in the next tile along each axis
+                ahead = [slice(None)] * 3
+                ahead[axis] = slice(0, -1)
+                behind = [slice(None)] * 3
+                behind[axis] = slice(1, None)
+                relevant[tuple(ahead)] |= relevant[tuple(behind)].clone()
+            for tile in torch.nonzero(relevant & tiles).tolist():
+                box = tuple(
+                    ranges[d].get(tile[axis], slice(0, 0)) for d, (axis, _, _) in enumerate(self._axes)
+                )
+                if any(b.stop <= b.start for b in box):
+                    continue
+                key = tuple(tile)
+                if key not in states:
+                    shape = tuple(b.stop - b.start for b in box)
+                    states[key] = (np.zeros(shape, np.float32), np.zeros(shape, labels.dtype))
+                best, tile_labels = states[key]
                 values = self.resample(full, box)
                 wins = (values >= threshold) & (values > best)  # threshold > 0: best 0 means "none yet"
                 best[wins] = values[wins]
-                slab_labels[wins] = q + 1
-        for box, _, slab_labels in slabs:
+                tile_labels[wins] = q + 1
+        for key, (_, tile_labels) in states.items():
+            box = tuple(ranges[d][key[axis]] for d, (axis, _, _) in enumerate(self._axes))
             where = mixed[box]
-            labels[box][where] = slab_labels[where]
+            labels[box][where] = tile_labels[where]
 
     def resample(self, values: torch.Tensor, box: Box | None = None) -> np.ndarray:
         """``(x, y, z)`` model-space values on the crop (or ``(X, Y, Z)`` on the whole grid) -> float32
@@ -152,20 +179,21 @@ class InputGridResampler:
             start = int(low.min(initial=0))
             region[axis] = slice(start, int(high.max(initial=0)) + 1)
             weights[d] = (low - start, high - start, weight)
-        data = full[tuple(region)]
+        data = full.numpy()[tuple(region)]
         for d in self._order:  # the same order for any box: a box is exactly that part of the whole
             axis = self._axes[d][0]
             low, high, weight = weights[d]
             shape = [1, 1, 1]
             shape[axis] = -1
-            before = (slice(None),) * axis  # advanced indexing: index_select is many times slower on CPU
-            data = torch.lerp(
-                data[(*before, torch.from_numpy(low))],
-                data[(*before, torch.from_numpy(high))],
-                torch.from_numpy(weight).view(shape),
-            )
+            # numpy, one thread: torch's thread pool costs ~ms per small operation on a busy machine
+            blended = np.take(data, low, axis=axis)
+            upper = np.take(data, high, axis=axis)
+            upper -= blended
+            upper *= weight.reshape(shape)
+            blended += upper
+            data = blended
         order = [axis for axis, _, _ in self._axes]  # input axis d holds model axis order[d]
-        return np.ascontiguousarray(data.permute(order).numpy())
+        return np.ascontiguousarray(data.transpose(order))
 
 
 class ProbabilityMaps(Sequence[np.ndarray]):
@@ -200,6 +228,14 @@ class ProbabilityMaps(Sequence[np.ndarray]):
         return stacked if dtype is None else stacked.astype(dtype)
 
 
+def _tile_any(mask: torch.Tensor) -> torch.Tensor:
+    """``(X, Y, Z)`` bool -> ``(ceil(X / T), ...)``: whether each tile (side ``_TILE``) holds a true voxel."""
+    pad = [(-n) % _TILE for n in mask.shape]
+    padded = torch.nn.functional.pad(mask, (0, pad[2], 0, pad[1], 0, pad[0]))
+    x, y, z = (n // _TILE for n in padded.shape)
+    return padded.view(x, _TILE, y, _TILE, z, _TILE).any(dim=5).any(dim=3).any(dim=1)
+
+
 def _model_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor:
     """``(x, y, z)`` int32 labels of ``(Q, x, y, z)`` probabilities: 1 + the most probable query at or above
     ``threshold`` (the first on ties), else 0."""
@@ -207,9 +243,9 @@ def _model_labels(probabilities: torch.Tensor, threshold: float) -> torch.Tensor
     labels = torch.zeros(probabilities.shape[1:], dtype=torch.int32)
     for q in range(probabilities.shape[0]):
         values = probabilities[q].float()
-        wins = (values >= threshold) & (values > best)
-        best[wins] = values[wins]
-        labels[wins] = q + 1
+        wins = (values >= threshold) & (values > best)  # threshold > 0: best 0 means "none yet"
+        torch.where(wins, values, best, out=best)
+        labels.masked_fill_(wins, q + 1)
     return labels
 
 
