@@ -30,9 +30,11 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check TextGuidedSegLib TextGuidedSeg TextGuidedSegEffect Testing Training
 
+# make bench BENCH_ARGS="--size full" (clinical sizes, long) or BENCH_ARGS="--only five_prompts"; results in
+# Testing/bench/results/bench.{json,md} (git-ignored).
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(PY) Testing/bench/bench_forward.py
-	$(PY) Testing/bench/bench_clipseg_cache.py --size moderate --steps 8
+	$(PY) Testing/bench/run_all.py $(BENCH_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/textguidedseg demo -o $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)")

@@ -1,13 +1,16 @@
-"""Model-space maps back onto the input grid one structure at a time, never all of them at full size at once.
+"""Model-space maps back onto the input grid without ever holding a full-size float map per structure.
 
 The model grid is the input grid reoriented (a signed axis permutation) and rescaled (MONAI ``Orientation``
 and ``Spacing`` keep the direction cosines), so the input-voxel -> model-voxel transform is axis-aligned and
 trilinear interpolation is separable: three 1-D linear passes along the model axes give, to float32 rounding,
 what MONAI's ``SpatialResample`` (``align_corners=False``, ``padding_mode="border"``) gives through a full
-``(3, I, J, K)`` sampling grid (``Testing/test_resample.py`` compares both). A structure is resampled only
-over the input voxels its thresholded model-space box can reach, since linear interpolation never exceeds the
-largest of its neighbours. A transform that is not axis-aligned (never produced by ``prepare``) falls back to
-MONAI per structure.
+``(3, I, J, K)`` sampling grid (``Testing/test_resample.py`` compares both). A transform that is not
+axis-aligned (never produced by ``prepare``) falls back to MONAI, one structure at a time.
+
+The label map (``InputGridResampler.labels``) is decided in model space wherever that is exact - an input
+voxel whose 8 interpolation neighbours all carry the same model-space label takes that label, because a
+convex combination keeps every order and threshold side its corners agree on - and only boundary voxels are
+interpolated, tile by tile, for the queries that reach the threshold near them.
 
 :class:`ProbabilityMaps` is the lazy ``(Q, I, J, K)`` view on the input grid that results hand out: each map
 is computed when indexed, so writing them one after the other holds one at a time.
