@@ -10,6 +10,19 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
+class StandInModel:
+    """Base of the tests' stand-in query models (a ``torch.nn.Module`` subclass with this mixed in): what the
+    Segmenter reads from a model besides ``forward``. Subclasses define ``forward(image, text, indices)``."""
+
+    output = "query"
+    uses_text = True
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.calls = 0
+
+
 def shared_path(*parts: str) -> Path:
     """Return a path under ``../shared/data``, skipping the calling test with a clear reason when absent."""
     path = SHARED_DATA.joinpath(*parts)

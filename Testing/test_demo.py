@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import StandInModel
 
 from TextGuidedSegLib import demo
 from TextGuidedSegLib.bundle import load_bundle
@@ -26,15 +27,8 @@ SPACING = 6.5
 LIVER_COLOR = get_taxonomy()["liver"].terminology.color
 
 
-class IntensityStandIn(torch.nn.Module):
+class IntensityStandIn(StandInModel, torch.nn.Module):
     """A stand-in model: every query's logits are a steep function of the windowed intensity (HU > 37.5)."""
-
-    output = "query"
-    uses_text = True
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
 
     def forward(self, image, text=None, class_indices=None):
         return 40.0 * (image - 0.5).expand(-1, text.shape[1], -1, -1, -1)

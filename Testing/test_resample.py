@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import StandInModel, shared_path
 
 from TextGuidedSegLib.bundle import load_bundle
 from TextGuidedSegLib.inference import Segmenter
@@ -46,7 +46,6 @@ def test_resampler_matches_monai_spatial_resample(name: str) -> None:
     np.testing.assert_allclose(ours, reference, atol=TOLERANCE)
 
 
-
 def test_oblique_transforms_fall_back_to_monai() -> None:
     volume = _volumes()["ras"]
     model = to_model_space(volume, (3.0, 3.0, 3.0))
@@ -63,16 +62,9 @@ def test_oblique_transforms_fall_back_to_monai() -> None:
     )
 
 
-class QueryOracle(torch.nn.Module):
+class QueryOracle(StandInModel, torch.nn.Module):
     """Soft logits of the windowed intensity with a per-query offset (from the embedding): overlapping masks
     with different probabilities, so the competition between queries matters."""
-
-    output = "query"
-    uses_text = True
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
 
     def forward(self, image, text=None, class_indices=None):
         offset = 0.45 + 0.1 * torch.tanh(text[..., 0])[..., None, None, None]  # (B, Q, 1, 1, 1)

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 import torch
-from conftest import shared_path
+from conftest import StandInModel, shared_path
 
 from TextGuidedSegLib.bundle import load_bundle
 from TextGuidedSegLib.inference import SegmentationCancelled, Segmenter, count_windows
@@ -17,20 +17,12 @@ from TextGuidedSegLib.taxonomy import PromptError
 from TextGuidedSegLib.text import EmbeddingCacheError
 
 
-class IntensityOracle(torch.nn.Module):
+class IntensityOracle(StandInModel, torch.nn.Module):
     """A stand-in model whose logits are a steep function of the windowed intensity, the same for every query.
 
     With the default HU window [-175, 250] its masks are exactly "HU above 37.5" in model space, so the
     Segmenter's output can be compared with thresholding the input on its own grid.
     """
-
-    output = "query"
-    uses_text = True
-
-    def __init__(self, config) -> None:
-        super().__init__()
-        self.config = config
-        self.calls = 0
 
     def forward(self, image, text=None, class_indices=None):
         self.calls += 1
