@@ -19,6 +19,7 @@ is computed when indexed, so writing them one after the other holds one at a tim
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -135,6 +136,26 @@ class InputGridResampler:
             spans = zip(tile_of, first, first + count, strict=True)
             ranges.append({int(t): slice(int(start), int(stop)) for t, start, stop in spans})
         states: dict[tuple[int, int, int], tuple[np.ndarray, np.ndarray]] = {}
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            self._blend_tiles(probabilities, threshold, corners, tiles, ranges, states, labels.dtype, pool)
+        for key, (_, tile_labels) in states.items():
+            box = tuple(ranges[d][key[axis]] for d, (axis, _, _) in enumerate(self._axes))
+            where = mixed[box]
+            labels[box][where] = tile_labels[where]
+
+    def _blend_tiles(
+        self,
+        probabilities: torch.Tensor,
+        threshold: float,
+        corners: torch.Tensor,
+        tiles: torch.Tensor,
+        ranges: list[dict[int, slice]],
+        states: dict,
+        dtype: np.dtype,
+        pool: ThreadPoolExecutor,
+    ) -> None:
+        """Per query, interpolate it over the boundary tiles where it matters and keep, per tile, the best
+        value and its label so far (``states``: tile -> (best, labels))."""
         for q in range(probabilities.shape[0]):
             full = self.uncrop(probabilities[q])
             relevant = _tile_any((full >= threshold) & corners)
@@ -144,6 +165,7 @@ class InputGridResampler:
                 behind = [slice(None)] * 3
                 behind[axis] = slice(1, None)
                 relevant[tuple(ahead)] |= relevant[tuple(behind)].clone()
+            work = []
             for tile in torch.nonzero(relevant & tiles).tolist():
                 box = tuple(
                     ranges[d].get(tile[axis], slice(0, 0)) for d, (axis, _, _) in enumerate(self._axes)
@@ -153,16 +175,17 @@ class InputGridResampler:
                 key = tuple(tile)
                 if key not in states:
                     shape = tuple(b.stop - b.start for b in box)
-                    states[key] = (np.zeros(shape, np.float32), np.zeros(shape, labels.dtype))
-                best, tile_labels = states[key]
+                    states[key] = (np.zeros(shape, np.float32), np.zeros(shape, dtype))
+                work.append((box, *states[key]))
+
+            def blend(item: tuple, q: int = q, full: torch.Tensor = full) -> None:
+                box, best, tile_labels = item
                 values = self.resample(full, box)
                 wins = (values >= threshold) & (values > best)  # threshold > 0: best 0 means "none yet"
                 best[wins] = values[wins]
                 tile_labels[wins] = q + 1
-        for key, (_, tile_labels) in states.items():
-            box = tuple(ranges[d][key[axis]] for d, (axis, _, _) in enumerate(self._axes))
-            where = mixed[box]
-            labels[box][where] = tile_labels[where]
+
+            list(pool.map(blend, work))  # tiles are independent; numpy releases the GIL
 
     def resample(self, values: torch.Tensor, box: Box | None = None) -> np.ndarray:
         """``(x, y, z)`` model-space values on the crop (or ``(X, Y, Z)`` on the whole grid) -> float32
