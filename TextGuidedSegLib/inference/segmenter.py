@@ -8,10 +8,11 @@ The steps, each in one place:
 3. the volume goes to model space (RAS, bundle spacing) and through the bundle's HU window
    (``inference.geometry``), and is cropped to the body's bounding box as in training (bundles may opt out);
 4. MONAI's ``sliding_window_inference`` runs the model over ROI windows with Gaussian blending;
-5. sigmoid probabilities go back onto the input's own grid one structure at a time, each only over the input
-   voxels its above-threshold model-space box reaches (``inference.resample``), thresholded and optionally
-   post-processed (largest component, left/right split); overlapping structures go to the more probable one.
-   No (Q, I, J, K) float array is ever made: probability and uncertainty maps are computed when asked for.
+5. the label map on the input's own grid is what thresholding the sigmoid probabilities interpolated there
+   gives, overlapping structures going to the more probable one; it is decided in model space wherever that
+   is exact and interpolated only at boundaries (``inference.resample``), then each label's region is
+   optionally post-processed (largest component, left/right split). No (Q, I, J, K) float array is ever
+   made: probability and uncertainty maps are computed one at a time when asked for.
    Softmax ("classes") models - MONAI model-zoo bundles - answer as their own pipeline does: softmax and
    argmax over all channels, inverted onto the input grid as MONAI's ``Invertd`` does (the label map by
    nearest neighbour, or the probabilities bilinearly and then the argmax, as the bundle says); the requested
