@@ -200,6 +200,14 @@ class SliceCase:
         return self.dataset.key if isinstance(self.dataset, DatasetSpec) else self.dataset
 
 
+def publish_slice_folder(staging: Path, folder: Path, metadata: dict[str, Any]) -> None:
+    """Write ``metadata.json`` into the finished ``staging`` folder, then move it to ``folder`` at once."""
+    (staging / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.replace(staging, folder)
+
+
 def cases_from_lists(
     list_files: Sequence[str | Path], data_root: str | Path | None = None, default_dataset: str | None = None
 ) -> list[SliceCase]:
@@ -470,10 +478,7 @@ def build_slice_set(
             "num_samples": first_sample,
             "cases": case_records,
         }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        publish_slice_folder(staging, folder, metadata)
     logger.info("wrote slice set %s: %d slices, %d samples", folder, first_slice, first_sample)
     return SliceSet(folder)
 

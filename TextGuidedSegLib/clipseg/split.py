@@ -17,8 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import SliceSet
+from .data import SliceSet, publish_slice_folder
 
 __all__ = [
     "GAP_SLICES",
@@ -259,9 +257,6 @@ def subset_slice_set(
             "num_samples": n_samples,
             "cases": records,
         }
-        (staging / "metadata.json").write_text(json.dumps(metadata, indent=1) + "\n", encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        publish_slice_folder(staging, folder, metadata)
     logger.info("wrote slice subset %s: %d slices, %d samples", folder, n_slices, n_samples)
     return SliceSet(folder)

@@ -18,6 +18,7 @@ from monai.transforms.utils import convert_applied_interp_mode
 
 from TextGuidedSegLib.bundle import PreprocessConfig
 from TextGuidedSegLib.inference.feature_cache import FeatureCache
+from TextGuidedSegLib.inference.resample import uncrop
 from TextGuidedSegLib.io import Volume
 
 _RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))
@@ -85,11 +86,7 @@ class PreparedVolume:
 
     def uncrop(self, data: torch.Tensor) -> torch.Tensor:
         """``(C, x, y, z)`` values on the crop -> ``(C, X, Y, Z)`` on the whole model grid, 0 outside."""
-        if tuple(data.shape[1:]) == tuple(self.grid_shape):
-            return data
-        full = data.new_zeros((data.shape[0], *self.grid_shape))
-        full[(slice(None), *self.crop)] = data
-        return full
+        return uncrop(data, self.grid_shape, self.crop)
 
 
 def count_windows(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> int:

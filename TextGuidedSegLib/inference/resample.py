@@ -64,12 +64,7 @@ class InputGridResampler:
 
     def uncrop(self, values: torch.Tensor) -> torch.Tensor:
         """``(x, y, z)`` on the crop -> ``(X, Y, Z)`` float32 on the whole model grid, 0 outside."""
-        values = values.detach().to("cpu", torch.float32)
-        if tuple(values.shape) == self.grid_shape:
-            return values
-        full = values.new_zeros(self.grid_shape)
-        full[self.crop] = values
-        return full
+        return uncrop(values.detach().to("cpu", torch.float32), self.grid_shape, self.crop)
 
     def labels(self, probabilities: torch.Tensor, threshold: float) -> np.ndarray:
         """The (I, J, K) label map of ``(Q, x, y, z)`` probabilities on the crop: at each input voxel,
@@ -252,6 +247,15 @@ class ProbabilityMaps(Sequence[np.ndarray]):
     def __array__(self, dtype: np.dtype | None = None, copy: bool | None = None) -> np.ndarray:
         stacked = np.stack(list(self)) if len(self) else np.zeros(self.shape, np.float32)
         return stacked if dtype is None else stacked.astype(dtype)
+
+
+def uncrop(data: torch.Tensor, grid_shape: Sequence[int], crop: Box) -> torch.Tensor:
+    """``(..., x, y, z)`` values on ``crop`` -> ``(..., X, Y, Z)`` on the whole ``grid_shape``, 0 outside."""
+    if tuple(data.shape[-3:]) == tuple(grid_shape):
+        return data
+    full = data.new_zeros((*data.shape[:-3], *grid_shape))
+    full[(..., *crop)] = data
+    return full
 
 
 def _tile_any(mask: torch.Tensor) -> torch.Tensor:
