@@ -9,6 +9,7 @@ from __future__ import annotations
 from TextGuidedSegLib._lazy import lazy_getattr
 
 _MODULES = {
+    "SegmentationOptions": "options",
     "PreparedVolume": "prepared",
     "count_windows": "prepared",
     "ProbabilityMaps": "resample",
