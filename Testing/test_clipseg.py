@@ -44,6 +44,7 @@ from TextGuidedSegLib.data.phantom import PhantomConfig, write_phantoms
 from TextGuidedSegLib.inference import Segmenter
 from TextGuidedSegLib.io import load_volume
 from TextGuidedSegLib.text import TextEncoderUnavailableError
+from TextGuidedSegLib.training.checkpoint import load_checkpoint
 from TextGuidedSegLib.training.config import ConfigError
 
 PROMPTS = ["liver", "right kidney", "spleen"]
@@ -340,6 +341,27 @@ def test_early_stopping_checkpoints_and_exact_resume(tiny_folder, phantom_sets, 
     assert len(stopped.history) == stopped.best_epoch + 2  # patience 1: one epoch without improvement
 
 
+def test_clipseg_checkpoints_say_best_metric_is_a_loss_and_old_ones_resume(
+    tiny_folder, phantom_sets, tmp_path
+):
+    train, val = phantom_sets
+    config = run_config(tmp_path, tiny_folder, "decoder", epochs=2, checkpoints=True, keep_last=5)
+    whole = train_clipseg(config, fresh_net(tiny_folder), train, val)
+    first = load_checkpoint(Path(config.run_dir) / "ckpt_0000004.pt")
+    assert (first["best_metric_name"], first["best_metric_mode"], first["kind"]) == (
+        "val_loss",
+        "min",
+        "clipseg",
+    )
+    assert first["best_metric"] == pytest.approx(whole.history[0].val_loss)
+    old = {k: v for k, v in first.items() if k not in ("best_metric_name", "best_metric_mode")}
+    torch.save(old, tmp_path / "old.pt")  # written before checkpoints said what best_metric is
+    resumed_config = run_config(tmp_path / "resumed", tiny_folder, "decoder", epochs=2, checkpoints=True)
+    resumed = train_clipseg(resumed_config, fresh_net(tiny_folder), train, val, resume=tmp_path / "old.pt")
+    np.testing.assert_allclose(resumed.losses, whole.losses, rtol=0, atol=1e-6)
+    assert resumed.best_epoch == whole.best_epoch
+
+
 @pytest.mark.slow
 def test_torchrun_two_ranks_follow_the_single_process_losses(tiny_folder, phantom_sets, tmp_path):
     """DDP (gloo, 2 ranks, half the batch each) reproduces the one-process loss trajectory."""
@@ -423,8 +445,8 @@ def test_engine_label_map_lies_on_the_input_grid(clipseg_bundle):
     volume = load_volume(shared_path("totalseg", "example_ct_sm.nii.gz"))
     bundle = load_bundle(clipseg_bundle)
     assert bundle.config.model.architecture == "clipseg" and bundle.model.predicts_volume
-    result = Segmenter(bundle, device="cpu", progress=False).segment(
-        volume, "liver and both kidneys", return_probabilities=True
+    result = Segmenter(bundle, device="cpu", progress=False, probabilities=True).segment(
+        volume, "liver and both kidneys"
     )
     assert result.labels.shape == volume.shape and result.labels.dtype == np.uint8
     assert set(np.unique(result.labels)) <= {0, 1, 2, 3}
@@ -550,7 +572,7 @@ def test_clipseg_bench_runs_end_to_end_on_real_ct_slices(tmp_path, capsys):
     train = f"{folder / 'example_ct.nii.gz'},{folder / 'example_seg_fast_force_split.nii.gz'},0:97"
     val = f"{folder / 'example_ct_sm.nii.gz'},{folder / 'example_seg.nii.gz'},15:30"
     out = tmp_path / "bench"
-    argv = ["--log-level", "WARNING", "clipseg-bench", "--tiny", "--out", str(out), "--volumes", train]
+    argv = ["--log-level", "WARNING", "clipseg-bench", "--tiny", "--output", str(out), "--volumes", train]
     argv += ["--val-volumes", val, "--spacing", "3", "3", "3", "--epochs", "2", "--max-steps-per-epoch", "3"]
     argv += ["--batch-size", "8", "--device", "cpu", "--no-progress", "--override", "threads=1"]
     assert cli_main(argv) == 0

@@ -612,6 +612,28 @@ def test_every_architecture_trains_one_step(phantom_lists, tmp_path, architectur
         assert state["text"] is None and len(bundle.cache) == 0
 
 
+def test_checkpoints_say_what_best_metric_is_and_old_ones_still_resume(phantom_lists, tmp_path):
+    """A checkpoint records its metric (mean Dice, higher is better); one written before it did (no such keys)
+    resumes to the same step as the uninterrupted run."""
+    changes = {
+        "max_steps": 2,
+        "ckpt_every": 1,
+        "keep_last": 5,
+        "data__val_lists": [str(phantom_lists["val"])],
+    }
+    whole = train(TrainConfig.from_dict(tiny_config(phantom_lists, tmp_path / "whole", **changes)))
+    first = load_checkpoint(tmp_path / "whole" / "ckpt_0000001.pt")
+    assert (first["best_metric_name"], first["best_metric_mode"]) == ("val_dice_mean", "max")
+    assert first["best_metric"] == -1.0 and "kind" not in first  # no validation before the last step
+    old = {k: v for k, v in first.items() if k not in ("best_metric_name", "best_metric_mode")}
+    torch.save(old, tmp_path / "old.pt")
+    resumed_config = TrainConfig.from_dict(tiny_config(phantom_lists, tmp_path / "resumed", **changes))
+    resumed = train(resumed_config, resume=tmp_path / "old.pt")
+    assert resumed.step == 2 and resumed.loss == pytest.approx(whole.loss, abs=1e-6)
+    assert resumed.best_metric == pytest.approx(whole.best_metric, abs=1e-6)
+    assert step_losses(tmp_path / "resumed")[2] == pytest.approx(step_losses(tmp_path / "whole")[2], abs=1e-6)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # 9. The SLURM script parses
 # ----------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 - ``embeddings``: the prompt embeddings (an ``EmbeddingCache`` folder, or ``synthetic_text_cache``).
 - ``validation``: sliding-window per-structure Dice.
 - ``checkpoint``: atomic, ``weights_only``-loadable checkpoints with RNG states and the data position.
+- ``run``: ``Run``, the run context both trainers share: run folder, ``train.log``, ``metrics.jsonl``,
+  TensorBoard, checkpoints (with what ``best_metric`` means: ``BestMetric``), pruning, teardown.
 - ``trainer``: ``get_lr`` and the loop, ``train(config, resume)``.
 - ``distributed``: ``DistributedContext``: one process or torchrun's, device, process group (both trainers).
 - ``logs``, ``arguments``: console logging, the run's ``train.log``, the entry points' command line.

@@ -1,24 +1,30 @@
 """Training checkpoints: everything needed to continue a run exactly, written atomically, read without pickle.
 
-A checkpoint (``ckpt_<step>.pt`` in the run folder, ``best.pt`` for the best validation Dice) is a dict:
+A checkpoint (``ckpt_<step>.pt`` in the run folder, ``best.pt`` for the best validation metric) is a dict;
+``training.run.Run.save`` adds the keys every trainer shares (format version, world size, generator states,
+the metric, ``kind``: ``"clipseg"`` for the CLIPSeg trainer, absent for the 3D one). The 3D trainer's:
 
-=================  ========================================================================================
-``format_version`` ``CHECKPOINT_FORMAT_VERSION``
-``model``          the unwrapped module's state dict (never the DDP or ``torch.compile`` wrapper)
-``model_config``   the resolved ``ModelConfig.to_dict()`` (``num_classes``, ``text_dim``, ``img_size`` set)
-``optimizer``      ``AdamW.state_dict()``
-``scaler``         ``GradScaler.state_dict()`` (empty when mixed precision is off or bf16)
-``step``           optimizer steps done; the learning rate is the pure ``get_lr(step)``, so no scheduler state
-``epoch``          the data epoch in progress
-``epoch_draws``    images each rank consumed in that epoch (the sampler skips them on resume)
-``world_size``     ranks of the run that wrote it
-``rng``            one dict per rank: python, numpy, torch CPU and CUDA generator states as tensors/lists
-``config``         the resolved ``TrainConfig.to_dict()``
-``best_metric``    best mean validation Dice so far (-1 before any validation), ``best_step``
-``text``           ``{"encoder_id", "prompts", "embeddings" (N, E)}``: the vocabulary the model was trained on
-                   (None for the text-free baselines)
-``structures``     the class names of the output channels / query vocabulary, in order
-=================  ========================================================================================
+====================  =====================================================================================
+``format_version``    ``CHECKPOINT_FORMAT_VERSION``
+``model``             the unwrapped module's state dict (never the DDP or ``torch.compile`` wrapper)
+``model_config``      the resolved ``ModelConfig.to_dict()`` (``num_classes``, ``text_dim``, ``img_size`` set)
+``optimizer``         ``AdamW.state_dict()``
+``scaler``            ``GradScaler.state_dict()`` (empty when mixed precision is off or bf16)
+``step``              optimizer steps done; the learning rate is the pure ``get_lr(step)``: no scheduler state
+``epoch``             the data epoch in progress
+``epoch_draws``       images each rank consumed in that epoch (the sampler skips them on resume)
+``world_size``        ranks of the run that wrote it
+``rng``               one dict per rank: python, numpy, torch CPU and CUDA generator states as tensors/lists
+``config``            the resolved ``TrainConfig.to_dict()``
+``best_metric``       the best validation value so far; what it measures is the next two keys
+``best_metric_name``  ``"val_dice_mean"`` (3D: mean Dice, -1 before any validation; its step: ``best_step``)
+                      or ``"val_loss"`` (CLIPSeg: +inf before any validation; its epoch: ``best_epoch``)
+``best_metric_mode``  ``"max"`` or ``"min"``: which direction is better. Older checkpoints lack both keys:
+                      their trainer's metric applies (``training.run.checkpoint_metric``, by ``kind``)
+``text``              ``{"encoder_id", "prompts", "embeddings" (N, E)}``: the vocabulary the model was
+                      trained on (None for the text-free baselines)
+``structures``        the class names of the output channels / query vocabulary, in order
+====================  =====================================================================================
 
 Every value is a tensor, a number, a string, None, or a list/dict of those, so :func:`load_checkpoint` reads
 it with ``torch.load(weights_only=True)``: no code is unpickled. :func:`save_checkpoint` writes a temporary

@@ -31,8 +31,10 @@ from typing import Any, TypeVar
 import yaml
 
 from TextGuidedSegLib.bundle import GLOBAL_PROMPT
+from TextGuidedSegLib.configs import to_jsonable, unknown_keys_error
 from TextGuidedSegLib.models import ModelConfig
-from TextGuidedSegLib.models.config import SWIN_ARCHITECTURES, UNETR_PATCH_SIZE
+from TextGuidedSegLib.models.config import UNETR_PATCH_SIZE
+from TextGuidedSegLib.models.factory import SWIN_ARCHITECTURES
 from TextGuidedSegLib.taxonomy import get_taxonomy
 
 __all__ = [
@@ -48,7 +50,6 @@ __all__ = [
     "TrainConfig",
     "apply_dataclass_overrides",
     "batch_plan",
-    "dataclass_from_dict",
     "load_config",
     "load_dataclass_config",
     "parse_overrides",
@@ -345,7 +346,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """YAML/JSON-safe nested dict (tuples become lists); ``from_dict`` turns it back into this config."""
-        return _plain(dataclasses.asdict(self))
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "dict") -> TrainConfig:
@@ -355,7 +356,7 @@ class TrainConfig:
             ConfigError: an unknown key (the message lists the valid ones), a value of the wrong type, or a
                 value out of range.
         """
-        return dataclass_from_dict(cls, data, source)
+        return _build(cls, data, prefix="", source=source)
 
     def to_yaml(self) -> str:
         """The resolved config as YAML (what ``config.yaml`` in the run folder holds)."""
@@ -447,7 +448,7 @@ def load_dataclass_config(cls: type[_C], path: str | Path | None = None, overrid
 def apply_dataclass_overrides(config: _C, overrides: Sequence[str]) -> _C:
     """A new config dataclass with ``--key=value`` overrides applied (see :func:`load_dataclass_config`)."""
     cls = type(config)
-    data = _plain(dataclasses.asdict(config))
+    data = to_jsonable(config)
     for key, value in parse_overrides(list(overrides)):
         section = data
         parts = key.split(".")
@@ -458,11 +459,6 @@ def apply_dataclass_overrides(config: _C, overrides: Sequence[str]) -> _C:
         # check each override's type right away, so the message names the override
         _build(cls, data, prefix="", source=f"--{key}={_short(value)}", check_only=parts)
     return _build(cls, data, prefix="", source="overrides")
-
-
-def dataclass_from_dict(cls: type[_C], data: dict[str, Any], source: str = "dict") -> _C:
-    """A config dataclass from a (partial) nested dict, checked as :func:`load_dataclass_config` checks."""
-    return _build(cls, data, prefix="", source=source)
 
 
 def parse_overrides(arguments: list[str] | tuple[str, ...]) -> list[tuple[str, Any]]:
@@ -486,14 +482,6 @@ def _short(value: Any) -> str:
     return text if len(text) < 60 else text[:57] + "..."
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
 def _fields(cls: type) -> dict[str, Any]:
     """Field name -> resolved type annotation of a config dataclass."""
     hints = typing.get_type_hints(cls)
@@ -510,9 +498,9 @@ def _valid_keys(cls: type, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(root: type, key: str, source: str) -> ConfigError:
-    valid = ", ".join(_valid_keys(root))
-    return ConfigError(f"{source}: unknown config key {key!r}; valid keys are: {valid}")
+def _unknown(root: type, keys: list[str], source: str) -> Exception:
+    """The shared unknown-key error (``configs.unknown_keys_error``), listing ``root``'s dotted keys."""
+    return unknown_keys_error(keys, _valid_keys(root), where=source, what="config", error=ConfigError)
 
 
 def _check_path(cls: type, parts: list[str], source: str) -> None:
@@ -520,7 +508,7 @@ def _check_path(cls: type, parts: list[str], source: str) -> None:
     for depth, part in enumerate(parts):
         fields = _fields(kind) if dataclasses.is_dataclass(kind) else {}
         if part not in fields:
-            raise _unknown(cls, ".".join(parts[: depth + 1]), source)
+            raise _unknown(cls, [".".join(parts[: depth + 1])], source)
         kind = fields[part]
     if dataclasses.is_dataclass(kind):
         raise ConfigError(
@@ -608,10 +596,11 @@ def _build(
             f"{source}: section {prefix.rstrip('.') or '(top)'!r} must be a mapping, got {_short(data)}"
         )
     fields = _fields(cls)
+    unknown = [f"{prefix}{key}" for key in data if key not in fields]
+    if unknown:
+        raise _unknown(root, unknown, source)
     kwargs = {}
     for key, value in data.items():
-        if key not in fields:
-            raise _unknown(root, f"{prefix}{key}", source)
         kind = fields[key]
         if check_only is not None and (not check_only or check_only[0] != key):
             continue
