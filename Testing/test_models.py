@@ -365,7 +365,7 @@ def test_error_unetr_needs_img_size():
 
 def test_config_errors():
     with pytest.raises(
-        ValueError, match=r"unknown ModelConfig key\(s\) \['featuresize'\]; valid keys are .*'feature_size'"
+        ValueError, match=r"unknown ModelConfig key 'featuresize'; valid keys are: .*\bfeature_size\b"
     ):
         ModelConfig.from_dict({"featuresize": 48})
     with pytest.raises(

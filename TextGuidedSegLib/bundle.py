@@ -11,30 +11,40 @@ A bundle folder holds::
 Loading builds the model from ``config.json`` alone, checks every file against its sha256 and every weight
 against the model's state dict, and fails with the offending file or key named.
 
-Architectures outside ``TextGuidedSegLib.models`` (:data:`EXTERNAL_ARCHITECTURES`, e.g. ``clipseg``) keep
-their own weight files (written by the model's ``save_bundle_weights(folder)``) and are rebuilt by their
-module; config, checksums and embedding cache work as for every bundle.
+Every bundle's model is a :class:`~TextGuidedSegLib.models.BundleModel`: it writes its own weight files
+(``save_bundle_weights(folder)``). Architectures outside ``TextGuidedSegLib.models``
+(:data:`EXTERNAL_ARCHITECTURES`, e.g. ``clipseg``) are rebuilt by their module; config, checksums and
+embedding cache work as for every bundle.
+
+``config.json`` carries a ``format_version``: an older one is upgraded in memory by :func:`_migrate`, with a
+warning; a newer one is refused, naming the file and the version.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import json
 import logging
 import os
 import tempfile
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from TextGuidedSegLib import __version__
+from TextGuidedSegLib.configs import check_keys, dataclass_from_dict, field_names, to_jsonable
 from TextGuidedSegLib.files import sha256_file
-from TextGuidedSegLib.models import ModelConfig, TextSegModel, build_model
+from TextGuidedSegLib.models import BundleModel, ModelConfig, TextSegModel, build_model
+from TextGuidedSegLib.models.weights import (  # noqa: F401  (re-exported: the bundle's weight-file contract)
+    DERIVED_BUFFERS,
+    WEIGHTS_FILE,
+    is_derived_buffer,
+    state_dict_mismatch,
+)
 from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
 from TextGuidedSegLib.text import EmbeddingCache, TextEncoderSpec
 
@@ -42,14 +52,12 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
 CACHE_DIR = "text_cache"
 GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
 
 
-#: Architectures served by another package: architecture -> module exposing ``model_config_from_dict(data)``
-#: and ``load_bundle_model(folder, model_config, source)``; their models write their own weight files with
-#: ``save_bundle_weights(folder)``.
+#: Architectures served by another module: architecture -> module exposing ``model_config_from_dict(data)``
+#: and ``load_bundle_model(folder, model_config, source)``, which returns a ``models.BundleModel``.
 EXTERNAL_ARCHITECTURES: dict[str, str] = {
     "clipseg": "TextGuidedSegLib.clipseg.volume",
     "monai": "TextGuidedSegLib.models.monai_network",
@@ -243,38 +251,22 @@ class BundleConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """Return a JSON-safe dict (the content of ``config.json`` without checksums)."""
-        return {
-            "format_version": self.format_version,
-            "name": self.name,
-            "version": self.version,
-            "description": self.description,
-            "license": self.license,
-            "library_version": __version__,
-            "model": self.model.to_dict(),
-            "taxonomy": self.taxonomy.to_dict(),
-            "text_encoder": None if self.text_encoder is None else self.text_encoder.to_dict(),
-            "global_prompt": self.global_prompt,
-            "preprocessing": _jsonable(dataclasses.asdict(self.preprocessing)),
-            "inference": _jsonable(dataclasses.asdict(self.inference)),
-        }
+        """Return a JSON-safe dict (the content of ``config.json`` without checksums): every field, through
+        its own ``to_dict`` where it has one, plus the library version that wrote it."""
+        values = {name: getattr(self, name) for name in field_names(type(self))}
+        out: dict[str, Any] = {"format_version": values.pop("format_version"), "library_version": __version__}
+        for name, value in values.items():
+            out[name] = value.to_dict() if hasattr(value, "to_dict") else to_jsonable(value)
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BundleConfig:
-        """Build from a ``config.json`` dict; unknown or missing keys raise a BundleError naming them."""
-        data = dict(data)
+        """Build from a ``config.json`` dict (an older format is migrated, with a warning); unknown or missing
+        keys raise a BundleError naming them."""
+        data = _migrate(dict(data))
         data.pop("checksums", None)
         data.pop("library_version", None)
-        version = data.get("format_version")
-        if version != BUNDLE_FORMAT_VERSION:
-            raise BundleError(
-                f"{CONFIG_FILE}: format_version {version!r} is not supported by this library "
-                f"(it reads version {BUNDLE_FORMAT_VERSION}); update TextGuidedSegLib or re-export the bundle"
-            )
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise BundleError(f"{CONFIG_FILE}: unknown key(s) {unknown}; valid keys are {sorted(known)}")
+        check_keys(data, field_names(cls), where=CONFIG_FILE, error=BundleError)
         for required in ("name", "model", "taxonomy"):
             if required not in data:
                 raise BundleError(f"{CONFIG_FILE}: missing required key {required!r}")
@@ -290,9 +282,9 @@ class BundleConfig:
             )
             if data.get("text_encoder") is not None:
                 data["text_encoder"] = TextEncoderSpec.from_dict(data["text_encoder"])
-            preprocessing = data.get("preprocessing", {})
-            data["preprocessing"] = config_section(PreprocessConfig, preprocessing, "preprocessing")
-            data["inference"] = config_section(InferenceConfig, data.get("inference", {}), "inference")
+            for name, section in (("preprocessing", PreprocessConfig), ("inference", InferenceConfig)):
+                values = data.get(name, {})
+                data[name] = dataclass_from_dict(section, values, CONFIG_FILE, what=name, error=BundleError)
             return cls(**data)
         except BundleError:
             raise
@@ -300,24 +292,45 @@ class BundleConfig:
             raise BundleError(f"{CONFIG_FILE}: {err}") from err
 
 
-def config_section(cls: type, values: dict[str, Any], name: str) -> Any:
-    """Build a ``config.json`` section dataclass; a BundleError names unknown keys and the valid ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
+def _format_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 0: a ``config.json`` without ``format_version`` (every release wrote it, so only hand-written
+    configs lack it); format 1 records it and is otherwise the same."""
+    return {**data, "format_version": 1}
+
+
+#: ``format_version`` -> the step that upgrades a ``config.json`` of that version to the next one.
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _format_0_to_1}
+
+
+def _migrate(data: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, Any]:
+    """Upgrade ``config.json`` data of an older ``format_version`` to the current one, with a warning.
+
+    Raises:
+        BundleError: a newer or unknown ``format_version``, naming ``where`` and the version.
+    """
+    version = data.get("format_version", 0)
+    oldest = min(_MIGRATIONS, default=BUNDLE_FORMAT_VERSION)
+    known = isinstance(version, int) and not isinstance(version, bool)
+    if not known or not oldest <= version <= BUNDLE_FORMAT_VERSION:
+        newer = known and version > BUNDLE_FORMAT_VERSION
         raise BundleError(
-            f"{CONFIG_FILE}: unknown key(s) {unknown} in {name!r}; valid keys are {sorted(known)}"
+            f"{where}: format_version {version!r} is not supported by this library (it reads versions "
+            f"{oldest} to {BUNDLE_FORMAT_VERSION}); "
+            + ("update TextGuidedSegLib" if newer else "re-export the bundle with save_bundle")
         )
-    return cls(**values)
-
-
-def _jsonable(value: Any) -> Any:
-    """Tuples to lists, recursively, so that ``json.dump`` and a reload agree."""
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
+    if version < BUNDLE_FORMAT_VERSION:
+        logger.warning(
+            "%s: bundle format %d is older than the current %d; upgraded in memory (re-save the bundle with "
+            "save_bundle to store format %d)",
+            where,
+            version,
+            BUNDLE_FORMAT_VERSION,
+            BUNDLE_FORMAT_VERSION,
+        )
+    while version < BUNDLE_FORMAT_VERSION:
+        data = _MIGRATIONS[version](data)
+        version = data["format_version"]
+    return data
 
 
 @dataclass
@@ -332,7 +345,7 @@ class Bundle:
     """
 
     config: BundleConfig
-    model: TextSegModel
+    model: BundleModel
     cache: EmbeddingCache
     source: Path | None = None
 
@@ -342,30 +355,11 @@ class Bundle:
         return [s.name for s in self.config.taxonomy]
 
 
-# Buffers a model computes from its config when it is built (the Swin blocks' relative-position index tables):
-# not written to bundles (they were 7.5 of the demo bundle's 25 MB); on load the freshly built model has them.
-DERIVED_BUFFERS = ("relative_position_index",)
-
-
-def is_derived_buffer(key: str) -> bool:
-    """True for a state-dict key naming a buffer the model rebuilds itself (``DERIVED_BUFFERS``)."""
-    return key.rsplit(".", 1)[-1] in DERIVED_BUFFERS
-
-
 def _write_bundle_folder(
-    folder: Path, config: BundleConfig, model: TextSegModel, cache: EmbeddingCache
+    folder: Path, config: BundleConfig, model: BundleModel, cache: EmbeddingCache
 ) -> None:
     """Write the bundle files into an existing empty ``folder`` (config last, with checksums)."""
-    save_weights = getattr(model, "save_bundle_weights", None)
-    if callable(save_weights):  # an external architecture writes its own weight files
-        save_weights(folder)
-    else:
-        state = {
-            k: v.detach().cpu().contiguous()
-            for k, v in model.state_dict().items()
-            if not is_derived_buffer(k)
-        }
-        save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "bundle": config.name})
+    model.save_bundle_weights(folder)
     cache.save(folder / CACHE_DIR)
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     checksums = {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
@@ -376,7 +370,7 @@ def _write_bundle_folder(
 
 def save_bundle(
     path: str | Path,
-    model: TextSegModel,
+    model: BundleModel,
     config: BundleConfig,
     cache: EmbeddingCache,
     overwrite: bool = False,
@@ -397,6 +391,8 @@ def save_bundle(
         The path written.
     """
     path = Path(path)
+    if not isinstance(model, BundleModel):
+        raise TypeError(f"save_bundle needs a models.BundleModel, got {type(model).__name__}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) to replace it")
     if model.config.to_dict() != config.model.to_dict():
@@ -459,7 +455,7 @@ def _read_config(folder: Path, source: Path) -> tuple[BundleConfig, dict[str, st
         raise BundleError(f"{source}/{CONFIG_FILE}: expected a JSON object")
     checksums = data.get("checksums", {})
     try:
-        config = BundleConfig.from_dict(data)
+        config = BundleConfig.from_dict(_migrate(data, f"{source}/{CONFIG_FILE}"))
     except BundleError as err:
         raise BundleError(f"{source}: {err}") from err
     return config, checksums
@@ -482,30 +478,6 @@ def _verify_checksums(folder: Path, checksums: dict[str, str], source: Path) -> 
             )
 
 
-def state_dict_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str | None:
-    """Why ``state`` does not load into a model whose state dict is ``expected``, or None when it does.
-
-    Names the first missing, unexpected or mis-shaped key; buffers the model derives from its config
-    (:data:`DERIVED_BUFFERS`) may be absent from ``state`` or present (older bundles stored them).
-    """
-    expected = {k: v for k, v in expected.items() if not is_derived_buffer(k)}
-    state = {k: v for k, v in state.items() if not is_derived_buffer(k)}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    detail = []
-    if missing:
-        detail.append(f"missing {len(missing)} key(s), first {missing[0]!r}")
-    if unexpected:
-        detail.append(f"unexpected {len(unexpected)} key(s), first {unexpected[0]!r}")
-    if detail:
-        return "; ".join(detail)
-    for key, tensor in state.items():
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            wanted = tuple(expected[key].shape)
-            return f"weight {key!r} has shape {tuple(tensor.shape)} but the model expects {wanted}"
-    return None
-
-
 def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None:
     """Load safetensors weights into ``model``, naming any missing, unexpected or mis-shaped key."""
     try:
@@ -518,6 +490,16 @@ def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None
         raise BundleError(
             f"{source}: {WEIGHTS_FILE} does not match the architecture in {CONFIG_FILE} "
             f"({model.config.architecture}, feature_size {model.config.feature_size}): {problem}"
+        )
+    stored = [k for k in state if is_derived_buffer(k)]
+    if stored:  # written before 2026-11-23, when bundles stopped storing them
+        logger.warning(
+            "%s/%s holds %d buffer(s) the model rebuilds itself (%s); they are ignored. Re-save the bundle "
+            "with save_bundle to leave them out.",
+            source,
+            WEIGHTS_FILE,
+            len(stored),
+            ", ".join(DERIVED_BUFFERS),
         )
     state = {k: v for k, v in state.items() if not is_derived_buffer(k)}
     derived = {k: v for k, v in built.items() if is_derived_buffer(k)}
@@ -585,7 +567,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "text_encoder": None if config.text_encoder is None else config.text_encoder.to_dict(),
         "cached_prompts": len(bundle.cache),
         "structures": [s.name for s in config.taxonomy],
-        "preprocessing": _jsonable(dataclasses.asdict(config.preprocessing)),
-        "inference": _jsonable(dataclasses.asdict(config.inference)),
+        "preprocessing": to_jsonable(config.preprocessing),
+        "inference": to_jsonable(config.inference),
         "source": str(bundle.source) if bundle.source else None,
     }

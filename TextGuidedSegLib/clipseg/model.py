@@ -33,6 +33,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from TextGuidedSegLib.configs import dataclass_from_dict, to_jsonable
 from TextGuidedSegLib.text import TextEncoderUnavailableError
 from TextGuidedSegLib.text.encoder import _first_line, _hub_offline, is_local_path
 
@@ -231,15 +232,12 @@ class StrategyOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
-        return asdict(self)
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StrategyOptions:
-        """Inverse of :meth:`to_dict`; unknown keys raise."""
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"unknown StrategyOptions key(s) {unknown}")
-        return cls(**data)
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError`` listing the valid ones."""
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass(frozen=True)

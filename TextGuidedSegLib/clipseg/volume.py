@@ -26,7 +26,6 @@ A CLIPSeg bundle is a normal bundle folder (or .zip)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,13 +36,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from TextGuidedSegLib.bundle import (
+    CONFIG_FILE,
     BundleConfig,
     BundleError,
     InferenceConfig,
     PreprocessConfig,
-    config_section,
     save_bundle,
 )
+from TextGuidedSegLib.configs import dataclass_from_dict, to_jsonable
 from TextGuidedSegLib.taxonomy import Taxonomy, get_taxonomy
 from TextGuidedSegLib.text import EmbeddingCache
 
@@ -113,16 +113,16 @@ class CLIPSegModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return to_jsonable(self)
 
 
 def model_config_from_dict(data: dict[str, Any]) -> CLIPSegModelConfig:
     """``config.json``'s ``model`` section -> :class:`CLIPSegModelConfig`; unknown keys raise naming them."""
-    return config_section(CLIPSegModelConfig, data, "model")
+    return dataclass_from_dict(CLIPSegModelConfig, data, where=CONFIG_FILE, what="model", error=BundleError)
 
 
 class CLIPSegVolumeModel(nn.Module):
-    """A CLIPSeg net behind the 3D models' call; see the module docstring.
+    """A CLIPSeg net behind the 3D models' call (a ``models.BundleModel``); see the module docstring.
 
     Args:
         net: the (fine-tuned) net.
@@ -133,6 +133,8 @@ class CLIPSegVolumeModel(nn.Module):
         progress: show a progress bar over the slice batches.
     """
 
+    architecture = CLIPSEG_ARCHITECTURE
+    uses_text = True  # every query is a conditional embedding
     predicts_volume = True
 
     def __init__(self, net: CLIPSegNet, config: CLIPSegModelConfig) -> None:
@@ -140,11 +142,6 @@ class CLIPSegVolumeModel(nn.Module):
         self.net = net
         self.config = config
         self.progress = True
-
-    @property
-    def uses_text(self) -> bool:
-        """Always True: every query is a conditional embedding."""
-        return True
 
     @property
     def output(self) -> str:

@@ -79,9 +79,27 @@ class SwinUNETRModel(TextSegModel):
         out_channels: channels of the backbone's output head ``out``.
     """
 
+    swin_backbone = True
+
     def __init__(self, config: ModelConfig, out_channels: int) -> None:
         super().__init__(config)
         self.backbone = build_swinunetr(config, out_channels)
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """feature_size divisible by 12, and each stage's width ``feature_size * 2**i`` by its heads."""
+        if config.feature_size % 12 != 0:
+            raise ValueError(
+                f"ModelConfig.feature_size={config.feature_size} must be divisible by 12 for the "
+                f"SwinUNETR-based architecture {config.architecture!r} (e.g. 12, 24, 48)."
+            )
+        for stage, heads in enumerate(config.num_heads):
+            dim = config.feature_size * 2**stage
+            if dim % heads:
+                raise ValueError(
+                    f"ModelConfig.num_heads[{stage}]={heads} does not divide the stage-{stage} width "
+                    f"feature_size * 2**{stage} = {dim}; choose num_heads that divide it."
+                )
 
     def encode(self, image: torch.Tensor) -> SwinFeatures:
         """Run the Swin transformer and the encoder blocks once.

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import ClassVar
+
 import torch
 from torch import nn
 
 from .config import ModelConfig
+from .weights import WEIGHTS_FILE, save_state_dict
 
 __all__ = ["TextSegModel", "select_channels"]
 
@@ -30,7 +34,9 @@ class TextSegModel(nn.Module):
     """Base class of every segmentation model: one ``forward(image, text, class_indices)`` call.
 
     Subclasses are built from a ``ModelConfig`` only and implement ``compute_logits``; ``forward`` checks the
-    inputs, calls it, and (for channel outputs) gathers the requested classes.
+    inputs, calls it, and (for channel outputs) gathers the requested classes. Each declares what it is as
+    class attributes (``architecture``, ``uses_text``, ``modes``, ``swin_backbone``); ``models.factory``
+    derives the registry and the capability tuples from them, and ``check_config`` holds its own checks.
 
     Output kinds (``output``):
 
@@ -42,6 +48,16 @@ class TextSegModel(nn.Module):
         config: the model's hyper-parameters.
     """
 
+    #: ``ModelConfig.architecture`` of this class (the registry's key; spelt here only).
+    architecture: ClassVar[str] = ""
+    #: Conditioned on text embeddings; False for the text-free baselines (``text`` is ignored there).
+    uses_text: ClassVar[bool] = False
+    #: The ``ModelConfig.mode`` values it accepts (``"global"``: one embedding, ``num_classes`` channels).
+    modes: ClassVar[tuple[str, ...]] = ("query",)
+    #: Built on MONAI's ``SwinUNETR`` (feature_size divisible by 12, heads dividing each stage's width).
+    swin_backbone: ClassVar[bool] = False
+    #: True: the ``Segmenter`` calls the model once on the whole volume; False: it slides a window.
+    predicts_volume: ClassVar[bool] = False
     #: Input sides must be multiples of this (SwinUNETR: patch size 2, then 4 halvings -> 32).
     spatial_multiple: int = 32
 
@@ -51,12 +67,22 @@ class TextSegModel(nn.Module):
             raise TypeError(
                 f"{type(self).__name__} is built from a ModelConfig, got {type(config).__name__}."
             )
+        if config.architecture != self.architecture:
+            raise ValueError(
+                f"{type(self).__name__} builds architecture {self.architecture!r}, got config.architecture="
+                f"{config.architecture!r}; use build_model(config) to pick the class."
+            )
         self.config = config
 
-    @property
-    def uses_text(self) -> bool:
-        """False for the text-free baselines (``text`` is ignored there)."""
-        return self.config.uses_text
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """The architecture's own checks of a config (``ModelConfig`` calls it); raise ValueError naming the
+        field and the cure."""
+
+    def save_bundle_weights(self, folder: Path) -> None:
+        """Write the state dict, without the buffers the model derives from its config, as
+        ``model.safetensors`` in ``folder`` (``save_bundle`` calls this)."""
+        save_state_dict(self, Path(folder) / WEIGHTS_FILE, {"architecture": self.architecture})
 
     @property
     def output(self) -> str:

@@ -11,7 +11,7 @@ from monai.networks.nets import UNETR
 
 from .backbone import SwinUNETRModel
 from .base import TextSegModel
-from .config import ModelConfig
+from .config import UNETR_PATCH_SIZE, ModelConfig
 
 __all__ = ["SwinUNETRBaseline", "UNETRBaseline"]
 
@@ -29,12 +29,9 @@ class SwinUNETRBaseline(SwinUNETRModel):
         torch.Size([1, 4, 64, 64, 64])
     """
 
+    architecture = "swinunetr"
+
     def __init__(self, config: ModelConfig) -> None:
-        if config.architecture != "swinunetr":
-            raise ValueError(
-                f"SwinUNETRBaseline builds architecture 'swinunetr', got {config.architecture!r}; "
-                "use build_model(config)."
-            )
         super().__init__(config, out_channels=config.num_classes)
 
     def compute_logits(self, image: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
@@ -59,12 +56,18 @@ class UNETRBaseline(TextSegModel):
         torch.Size([1, 3, 32, 32, 32])
     """
 
-    def __init__(self, config: ModelConfig) -> None:
-        if config.architecture != "unetr":
+    architecture = "unetr"
+
+    @classmethod
+    def check_config(cls, config: ModelConfig) -> None:
+        """``img_size`` in multiples of UNETR's ViT patch size."""
+        if any(s % UNETR_PATCH_SIZE for s in config.img_size):
             raise ValueError(
-                f"UNETRBaseline builds architecture 'unetr', got {config.architecture!r}; "
-                "use build_model(config)."
+                f"ModelConfig.img_size={config.img_size} must be multiples of {UNETR_PATCH_SIZE} for UNETR "
+                "(its ViT patch size), e.g. (96, 96, 96)."
             )
+
+    def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self.net = UNETR(
             in_channels=config.in_channels,

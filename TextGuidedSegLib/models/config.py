@@ -1,30 +1,36 @@
 """``ModelConfig``: the hyper-parameters of a segmentation model, and nothing else (no weights, no paths).
 
-A config round-trips through JSON (``to_dict`` / ``from_dict``) and is all ``build_model`` needs.
+A config round-trips through JSON (``to_dict`` / ``from_dict``) and is all ``build_model`` needs. What each
+architecture accepts is declared by its class (``models.factory.MODEL_CLASSES``): the model classes are built
+from a ``ModelConfig``, so this module looks them up when a config is checked, not when it is imported.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monai.utils import look_up_option
 
-__all__ = ["ARCHITECTURES", "MODES", "SWIN_ARCHITECTURES", "TEXT_ARCHITECTURES", "ModelConfig"]
+from TextGuidedSegLib.configs import dataclass_from_dict, field_names, to_jsonable
 
-#: Every architecture ``build_model`` knows.
-ARCHITECTURES: tuple[str, ...] = ("film_v1", "film_v2", "universal", "swinunetr", "unetr")
-#: Architectures conditioned on text embeddings.
-TEXT_ARCHITECTURES: tuple[str, ...] = ("film_v1", "film_v2", "universal")
-#: Architectures built on MONAI's ``SwinUNETR`` (input sides divisible by 32, feature_size divisible by 12).
-SWIN_ARCHITECTURES: tuple[str, ...] = ("film_v1", "film_v2", "universal", "swinunetr")
+if TYPE_CHECKING:
+    from .base import TextSegModel
+
+__all__ = ["MODES", "ModelConfig"]
+
 #: ``"query"``: one mask per text embedding; ``"global"``: one embedding per sample, ``num_classes`` channels.
 MODES: tuple[str, ...] = ("query", "global")
-#: Architectures that accept ``mode="global"``.
-GLOBAL_MODE_ARCHITECTURES: tuple[str, ...] = ("film_v1", "film_v2")
 #: UNETR's ViT patch size in MONAI (fixed there): ``img_size`` must be a multiple of it.
 UNETR_PATCH_SIZE = 16
+
+
+def _registry() -> Any:
+    """``models.factory`` (the registry), imported when first needed: it imports the classes, which import
+    this module."""
+    from . import factory
+
+    return factory
 
 
 def _option(value: Any, options: tuple[str, ...], name: str) -> str:
@@ -103,36 +109,20 @@ class ModelConfig:
     use_v2: bool = False
 
     def __post_init__(self) -> None:
-        self.architecture = _option(self.architecture, ARCHITECTURES, "architecture")
+        registry = _registry()
+        self.architecture = _option(self.architecture, registry.ARCHITECTURES, "architecture")
         self.mode = _option(self.mode, MODES, "mode")
-        if self.mode == "global" and self.architecture not in GLOBAL_MODE_ARCHITECTURES:
+        if self.mode not in self.model_class.modes:
+            valid = list(registry.GLOBAL_MODE_ARCHITECTURES)
             raise ValueError(
-                f"ModelConfig.mode='global' is only valid for {list(GLOBAL_MODE_ARCHITECTURES)}, not "
-                f"architecture={self.architecture!r}; use mode='query'."
+                f"ModelConfig.mode={self.mode!r} is only valid for {valid}, not architecture="
+                f"{self.architecture!r}; use mode='query'."
             )
         for name in ("feature_size", "in_channels", "num_classes", "text_dim"):
             _positive_int(getattr(self, name), name)
-        if self.architecture in SWIN_ARCHITECTURES and self.feature_size % 12 != 0:
-            raise ValueError(
-                f"ModelConfig.feature_size={self.feature_size} must be divisible by 12 for the "
-                f"SwinUNETR-based architecture {self.architecture!r} (e.g. 12, 24, 48)."
-            )
         self.img_size = _int_tuple(self.img_size, "img_size", 3)  # type: ignore[assignment]
-        if self.architecture == "unetr" and any(s % UNETR_PATCH_SIZE for s in self.img_size):
-            raise ValueError(
-                f"ModelConfig.img_size={self.img_size} must be multiples of {UNETR_PATCH_SIZE} for UNETR "
-                "(its ViT patch size), e.g. (96, 96, 96)."
-            )
         self.depths = _int_tuple(self.depths, "depths", 4)  # type: ignore[assignment]
         self.num_heads = _int_tuple(self.num_heads, "num_heads", 4)  # type: ignore[assignment]
-        if self.architecture in SWIN_ARCHITECTURES:
-            for stage, heads in enumerate(self.num_heads):
-                dim = self.feature_size * 2**stage
-                if dim % heads:
-                    raise ValueError(
-                        f"ModelConfig.num_heads[{stage}]={heads} does not divide the stage-{stage} width "
-                        f"feature_size * 2**{stage} = {dim}; choose num_heads that divide it."
-                    )
         for name in ("drop_rate", "attn_drop_rate", "dropout_path_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
@@ -141,11 +131,17 @@ class ModelConfig:
         for name in ("use_checkpoint", "use_v2"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"ModelConfig.{name} must be true or false, got {getattr(self, name)!r}.")
+        self.model_class.check_config(self)
+
+    @property
+    def model_class(self) -> type[TextSegModel]:
+        """The class ``build_model`` builds for ``architecture``."""
+        return _registry().MODEL_CLASSES[self.architecture]
 
     @property
     def uses_text(self) -> bool:
         """True for the text-conditioned architectures (film_v1, film_v2, universal)."""
-        return self.architecture in TEXT_ARCHITECTURES
+        return self.model_class.uses_text
 
     @property
     def output(self) -> str:
@@ -155,15 +151,11 @@ class ModelConfig:
     @classmethod
     def field_names(cls) -> list[str]:
         """The keys ``from_dict`` accepts, in declaration order."""
-        return [f.name for f in dataclasses.fields(cls)]
+        return field_names(cls)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict (tuples become lists) that ``from_dict`` turns back into this config."""
-        out: dict[str, Any] = {}
-        for name in self.field_names():
-            value = getattr(self, name)
-            out[name] = list(value) if isinstance(value, tuple) else value
-        return out
+        return to_jsonable(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -178,8 +170,4 @@ class ModelConfig:
         """
         if not isinstance(data, dict):
             raise TypeError(f"ModelConfig.from_dict expects a dict, got {type(data).__name__}.")
-        valid = cls.field_names()
-        unknown = [key for key in data if key not in valid]
-        if unknown:
-            raise ValueError(f"unknown ModelConfig key(s) {unknown}; valid keys are {valid}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)

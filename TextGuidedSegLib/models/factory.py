@@ -1,4 +1,9 @@
-"""``build_model``: a ``TextSegModel`` from a ``ModelConfig`` alone."""
+"""The registry of the library's models and ``build_model``: a ``TextSegModel`` from a ``ModelConfig`` alone.
+
+Each class declares what it is (``architecture``, ``uses_text``, ``modes``, ``swin_backbone``); the registry
+and the capability tuples are derived from them here, so a new model is its own file plus one line below.
+``ModelConfig`` reads them when a config is checked (the classes import ``config``, so it cannot import them).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +13,30 @@ from .config import ModelConfig
 from .film_swinunetr import DecoderFiLMSwinUNETR, EncoderFiLMSwinUNETR
 from .universal import UniversalModel
 
-__all__ = ["MODEL_CLASSES", "build_model"]
+__all__ = [
+    "ARCHITECTURES",
+    "GLOBAL_MODE_ARCHITECTURES",
+    "MODEL_CLASSES",
+    "SWIN_ARCHITECTURES",
+    "TEXT_ARCHITECTURES",
+    "build_model",
+]
 
-#: ``ModelConfig.architecture`` -> class.
+#: ``ModelConfig.architecture`` -> class, in the order the architectures are listed to users.
 MODEL_CLASSES: dict[str, type[TextSegModel]] = {
-    "film_v1": DecoderFiLMSwinUNETR,
-    "film_v2": EncoderFiLMSwinUNETR,
-    "universal": UniversalModel,
-    "swinunetr": SwinUNETRBaseline,
-    "unetr": UNETRBaseline,
+    cls.architecture: cls
+    for cls in (DecoderFiLMSwinUNETR, EncoderFiLMSwinUNETR, UniversalModel, SwinUNETRBaseline, UNETRBaseline)
 }
+#: Every architecture ``build_model`` knows.
+ARCHITECTURES: tuple[str, ...] = tuple(MODEL_CLASSES)
+#: Architectures conditioned on text embeddings (``uses_text``).
+TEXT_ARCHITECTURES: tuple[str, ...] = tuple(a for a, cls in MODEL_CLASSES.items() if cls.uses_text)
+#: Architectures built on MONAI's ``SwinUNETR`` (input sides divisible by 32, feature_size divisible by 12).
+SWIN_ARCHITECTURES: tuple[str, ...] = tuple(a for a, cls in MODEL_CLASSES.items() if cls.swin_backbone)
+#: Architectures that accept ``mode="global"``.
+GLOBAL_MODE_ARCHITECTURES: tuple[str, ...] = tuple(
+    a for a, cls in MODEL_CLASSES.items() if "global" in cls.modes
+)
 
 
 def build_model(config: ModelConfig) -> TextSegModel:

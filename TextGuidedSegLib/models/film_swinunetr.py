@@ -22,20 +22,15 @@ from .film import FiLM, ResidualNormFiLM
 __all__ = ["DecoderFiLMSwinUNETR", "EncoderFiLMSwinUNETR"]
 
 
-def _check_architecture(config: ModelConfig, expected: str, cls: type) -> None:
-    if config.architecture != expected:
-        raise ValueError(
-            f"{cls.__name__} builds architecture {expected!r}, got config.architecture="
-            f"{config.architecture!r}; use build_model(config) to pick the class."
-        )
-
-
 def _head_channels(config: ModelConfig) -> int:
     return 1 if config.mode == "query" else config.num_classes
 
 
 class _FiLMSwinUNETR(SwinUNETRModel):
     """Shared query/global plumbing of the FiLM models."""
+
+    uses_text = True
+    modes = ("query", "global")
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config, out_channels=_head_channels(config))
@@ -108,8 +103,9 @@ class DecoderFiLMSwinUNETR(_FiLMSwinUNETR):
         torch.Size([1, 3, 64, 64, 64])
     """
 
+    architecture = "film_v1"
+
     def __init__(self, config: ModelConfig) -> None:
-        _check_architecture(config, "film_v1", type(self))
         super().__init__(config)
         fs, e = config.feature_size, config.text_dim
         self.film = nn.ModuleDict(
@@ -149,8 +145,9 @@ class EncoderFiLMSwinUNETR(_FiLMSwinUNETR):
         torch.Size([1, 2, 64, 64, 64])
     """
 
+    architecture = "film_v2"
+
     def __init__(self, config: ModelConfig) -> None:
-        _check_architecture(config, "film_v2", type(self))
         super().__init__(config)
         fs, e = config.feature_size, config.text_dim
         self.film = nn.ModuleDict(

@@ -17,7 +17,6 @@ shape by shape when loaded.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Mapping
@@ -29,13 +28,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from TextGuidedSegLib.bundle import (
-    WEIGHTS_FILE,
-    BundleError,
-    config_section,
-    is_derived_buffer,
-    state_dict_mismatch,
-)
+from TextGuidedSegLib.bundle import CONFIG_FILE, BundleError
+from TextGuidedSegLib.configs import dataclass_from_dict, to_jsonable
+from TextGuidedSegLib.models.weights import WEIGHTS_FILE, is_derived_buffer, state_dict_mismatch
 
 __all__ = [
     "MONAI_ARCHITECTURE",
@@ -122,12 +117,12 @@ class MonaiNetworkConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe dict."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        return to_jsonable(self)
 
 
 def model_config_from_dict(data: dict[str, Any]) -> MonaiNetworkConfig:
     """``config.json``'s ``model`` section -> :class:`MonaiNetworkConfig`; unknown keys raise naming them."""
-    return config_section(MonaiNetworkConfig, data, "model")
+    return dataclass_from_dict(MonaiNetworkConfig, data, where=CONFIG_FILE, what="model", error=BundleError)
 
 
 def build_network(config: MonaiNetworkConfig) -> nn.Module:
@@ -156,7 +151,7 @@ def check_state_dict(
 
 
 class MonaiNetworkModel(nn.Module):
-    """A MONAI network behind the library's model call.
+    """A MONAI network behind the library's model call (a ``models.BundleModel``).
 
     Args:
         config: the network and how its output is read.
@@ -166,17 +161,14 @@ class MonaiNetworkModel(nn.Module):
         predicts_volume: False: the ``Segmenter`` slides its window over the volume.
     """
 
+    architecture = MONAI_ARCHITECTURE
+    uses_text = False
     predicts_volume = False
 
     def __init__(self, config: MonaiNetworkConfig) -> None:
         super().__init__()
         self.config = config
         self.net = build_network(config)
-
-    @property
-    def uses_text(self) -> bool:
-        """Always False."""
-        return False
 
     @property
     def output(self) -> str:

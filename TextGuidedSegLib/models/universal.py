@@ -88,12 +88,10 @@ class UniversalModel(SwinUNETRModel):
         torch.Size([1, 4, 64, 64, 64])
     """
 
+    architecture = "universal"
+    uses_text = True
+
     def __init__(self, config: ModelConfig) -> None:
-        if config.architecture != "universal":
-            raise ValueError(
-                f"UniversalModel builds architecture 'universal', got config.architecture="
-                f"{config.architecture!r}; use build_model(config) to pick the class."
-            )
         super().__init__(config, out_channels=1)
         self.backbone.out = nn.Identity()  # the dynamic head replaces the fixed output head
         for stage in range(1, len(config.depths) + 1):
