@@ -17,7 +17,7 @@ import pytest
 from conftest import shared_path
 
 from TextGuidedSegLib.cli import build_parser, main
-from TextGuidedSegLib.cli_bundles import parse_overrides
+from TextGuidedSegLib.cli.bundles import parse_overrides
 from TextGuidedSegLib.demo import DEFAULT_DEMO_BUNDLE
 from TextGuidedSegLib.registry import HOME_ENV, REGISTRY_ENV
 

@@ -142,7 +142,7 @@ def test_readme_one_volume_example_gives_numbers_and_the_warning(tmp_path, caplo
     folder = shared_path("totalseg")
     out = tmp_path / "bench"
     volume = f"{folder / 'example_ct_sm.nii.gz'},{folder / 'example_seg.nii.gz'}"
-    argv = ["--log-level", "WARNING", "clipseg-bench", "--tiny", "--volumes", volume, "--out", str(out)]
+    argv = ["--log-level", "WARNING", "clipseg-bench", "--tiny", "--volumes", volume, "--output", str(out)]
     argv += ["--strategies", "decoder,adapter", "--epochs", "2", "--max-steps-per-epoch", "2"]
     argv += ["--spacing", "3", "3", "3", "--device", "cpu", "--no-progress", "--override", "threads=1"]
     assert cli_main(argv) == 0

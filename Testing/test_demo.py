@@ -18,7 +18,7 @@ from TextGuidedSegLib.bundle import load_bundle
 from TextGuidedSegLib.cli import main
 from TextGuidedSegLib.data.phantom import LABEL_IDS, PhantomConfig, make_phantom
 from TextGuidedSegLib.demo import demo_phantom_config, run_demo, truth_scores
-from TextGuidedSegLib.inference import SegmentInfo
+from TextGuidedSegLib.inference import SegmentationOptions, SegmentInfo
 from TextGuidedSegLib.taxonomy import get_taxonomy, parse_prompt
 from TextGuidedSegLib.visualize import AXIAL_RECT, FIGURE_PX, render_panels, save_overlay
 
@@ -160,10 +160,8 @@ def test_demo_command_passes_its_options(tmp_path: Path, monkeypatch, capsys) ->
         "bundle": bundle,
         "input": "ct.nii.gz",
         "prompt": "liver",
-        "device": "cpu",
         "seed": 3,
-        "overlap": 0.25,
-        "precision": "bfloat16",
+        "options": SegmentationOptions(device="cpu", overlap=0.25, precision="bfloat16"),
         "progress": False,
     }
     assert "| 1 | Liver | 10 | 0.3 |" in capsys.readouterr().out

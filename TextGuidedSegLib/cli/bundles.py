@@ -1,7 +1,8 @@
 """``textguidedseg bundles``: list, pull, import, import-monai, remove and describe bundles; ``--bundle``.
 
-Each verb's parser sits beside its handler. Listing and describing read JSON only (no torch); pulling a
-MONAI or Universal Model entry and importing load the model stack to convert and verify.
+Each verb's parser sits beside its handler; the other verbs' ``--bundle`` resolves here. Listing and
+describing read JSON only (no torch); pulling a MONAI or Universal Model entry and importing load the
+model stack to convert and verify.
 
 Examples::
 
@@ -21,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from TextGuidedSegLib.cli.arguments import add_progress_argument
 from TextGuidedSegLib.registry import (
     DEFAULT_PREFERENCE,
     DEMO_BUNDLE,
@@ -293,7 +295,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bundles_parser(commands: argparse._SubParsersAction) -> None:
+def add_parser(commands: argparse._SubParsersAction) -> None:
     """Add ``bundles`` and its verbs to the ``textguidedseg`` sub-commands."""
     bundles = commands.add_parser(
         "bundles",
@@ -319,7 +321,7 @@ def add_bundles_parser(commands: argparse._SubParsersAction) -> None:
         metavar="PATH",
         help="the entry's file downloaded elsewhere (blocked networks): checked and converted as a download",
     )
-    pull.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_progress_argument(pull)
     pull.set_defaults(func=_cmd_pull)
 
     imported = verbs.add_parser("import", help="copy one of our bundle folders or .zip files into the cache")

@@ -1,0 +1,79 @@
+"""``textguidedseg segment``: one CT and a prompt in; a label map, its JSON sidecar and optional maps out.
+
+Example::
+
+    textguidedseg segment ct.nii.gz --prompt "liver and both kidneys" -b wholebody_ct_highres -o seg.nii.gz
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from TextGuidedSegLib.cli.arguments import (
+    add_options_arguments,
+    add_output_argument,
+    add_progress_argument,
+    options_from_args,
+)
+from TextGuidedSegLib.cli.bundles import DEFAULT_BUNDLE_HELP, default_bundle, resolve_bundle
+
+logger = logging.getLogger("textguidedseg")
+
+
+def _label_map_stem(path: Path) -> tuple[Path, str]:
+    """Split an output path into (path without suffix, suffix); raise naming -o/--output when unsupported."""
+    from TextGuidedSegLib.inference.outputs import label_map_stem
+
+    try:
+        return label_map_stem(path)
+    except ValueError as err:
+        raise ValueError(f"-o/--output {err}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Segment one CT and write the label map, its JSON sidecar and optional probability maps."""
+    from TextGuidedSegLib.bundle import load_bundle
+    from TextGuidedSegLib.inference import Segmenter
+    from TextGuidedSegLib.inference.outputs import write_segmentation
+    from TextGuidedSegLib.io import load_volume
+
+    options = options_from_args(args)
+    output = Path(args.output)
+    _label_map_stem(output)  # fail on a bad suffix before any work
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"-o/--output {output} already exists; pass --overwrite to replace it")
+    bundle_path = resolve_bundle(args.bundle) if args.bundle is not None else default_bundle()
+    volume = load_volume(args.input)
+    bundle = load_bundle(bundle_path)
+    segmenter = Segmenter(bundle, options, progress=not args.no_progress)
+    result = segmenter.segment(volume, args.prompt)
+    files = write_segmentation(
+        output,
+        result,
+        volume,
+        bundle,
+        prompt=args.prompt,
+        threshold=segmenter.threshold,
+        input=Path(args.input),
+    )
+    for segment in result.segments:
+        logger.info("%2d %-28s %10.1f mL", segment.label_id, segment.name, segment.volume_ml)
+    logger.info("wrote %s and %s", files.label_map, files.sidecar)
+    return 0
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    """Add ``segment`` to the ``textguidedseg`` sub-commands."""
+    segment = commands.add_parser("segment", help="segment a CT volume from a text prompt")
+    segment.add_argument("input", help="CT volume: NIfTI (.nii/.nii.gz), NRRD, or a DICOM series folder")
+    segment.add_argument(
+        "--prompt", "-p", required=True, help='structures to segment, e.g. "liver and both kidneys"'
+    )
+    segment.add_argument("--bundle", "-b", help=DEFAULT_BUNDLE_HELP)
+    add_output_argument(segment, "label map to write (.nii.gz, .nii or .nrrd)")
+    segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    add_progress_argument(segment)
+    add_options_arguments(segment)
+    segment.set_defaults(func=run)
