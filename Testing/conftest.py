@@ -16,6 +16,7 @@ class StandInModel:
 
     output = "query"
     uses_text = True
+    predicts_volume = False
 
     def __init__(self, config) -> None:
         super().__init__()

@@ -10,8 +10,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
 
 from run_all import rows, verdict, write_results  # noqa: E402
 
-META = {"date": "2026-01-01 00:00 UTC", "machine": "test CPU, 2 cores", "torch": "x", "monai": "y",
-        "threads": 2, "size": "quick", "library": "precision"}
+META = {
+    "date": "2026-01-01 00:00 UTC",
+    "machine": "test CPU, 2 cores",
+    "torch": "x",
+    "monai": "y",
+    "threads": 2,
+    "size": "quick",
+    "library": "precision",
+}
 
 
 def _fake() -> list[dict]:
@@ -19,11 +26,25 @@ def _fake() -> list[dict]:
     return [
         {"name": "five_prompts", "title": "5 vs 5", "op": "<=", "target": 0.40, "ratio": 0.25, **timed},
         {"name": "reprompt_film", "title": "re-prompt", "op": "<=", "target": 0.30, "ratio": 0.5, **timed},
-        {"name": "fastest_cpu_path", "title": "fast", "op": "<=", "target": 0.5, "ratio": 0.4, **timed,
-         "condition": {"what": "min Dice per structure", "value": 0.95, "target": 0.99}},
+        {
+            "name": "fastest_cpu_path",
+            "title": "fast",
+            "op": "<=",
+            "target": 0.5,
+            "ratio": 0.4,
+            **timed,
+            "condition": {"what": "min Dice per structure", "value": 0.95, "target": 0.99},
+        },
         {"name": "rss_fs48_1", "title": "rss", "op": "report", "target": None, "value": 3.2, "unit": "GiB"},
-        {"name": "postprocess_25", "title": "share", "op": "<=", "target": 0.10, "ratio": 0.05, **timed,
-         "extra_rows": [{"name": "postprocess_25_peak_rss", "value": 5.0, "unit": "GiB"}]},
+        {
+            "name": "postprocess_25",
+            "title": "share",
+            "op": "<=",
+            "target": 0.10,
+            "ratio": 0.05,
+            **timed,
+            "extra_rows": [{"name": "postprocess_25_peak_rss", "value": 5.0, "unit": "GiB"}],
+        },
         {"name": "clipseg_cache", "title": "cache", "op": ">=", "target": 5.0, "error": "exit status 1"},
     ]
 

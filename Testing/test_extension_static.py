@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import fnmatch
+import importlib.util
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -16,6 +17,7 @@ MODULE_FOLDERS = ("TextGuidedSeg", "TextGuidedSegEffect")
 PACKAGED_SUFFIXES = {".py", ".ui", ".png", ".svg", ".json", ".csv", ".txt", ".qss"}
 UI_FILE = REPO_ROOT / "TextGuidedSeg" / "Resources" / "UI" / "TextGuidedSeg.ui"
 PANEL_FILE = REPO_ROOT / "TextGuidedSeg" / "TextGuidedSeg.py"
+PARAMETERS_FILE = REPO_ROOT / "TextGuidedSeg" / "TextGuidedSegLogic" / "parameters.py"
 EFFECT_FILE = REPO_ROOT / "TextGuidedSegEffect" / "TextGuidedSegEffectLib" / "SegmentEditorEffect.py"
 LOGIC_PACKAGE = REPO_ROOT / "TextGuidedSeg" / "TextGuidedSegLogic"
 HEAVY_MODULES = {"torch", "monai", "transformers", "safetensors", "scipy", "nibabel", "SimpleITK", "einops"}
@@ -131,7 +133,16 @@ def test_ui_holds_every_widget_the_code_looks_up(source):
     assert missing == [], f"{source.name} uses widgets that {UI_FILE.name} does not have: {missing}"
 
 
-def test_ui_parameter_names_are_parameter_node_fields():
+def option_parameters_module():
+    """``TextGuidedSegLogic/parameters.py`` loaded on its own (its package imports slicer; it does not)."""
+    spec = importlib.util.spec_from_file_location("option_parameters", PARAMETERS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parameter_node_fields() -> set[str]:
+    """The panel's parameter node members: its own, and the option members it derives from."""
     tree = ast.parse(PANEL_FILE.read_text())
     wrapper = next(
         node
@@ -139,6 +150,23 @@ def test_ui_parameter_names_are_parameter_node_fields():
         if isinstance(node, ast.ClassDef) and node.name == "TextGuidedSegParameterNode"
     )
     fields = {node.target.id for node in wrapper.body if isinstance(node, ast.AnnAssign)}
+    bases = [ast.unparse(base) for base in wrapper.bases]
+    if "option_parameters()" in bases:
+        fields |= set(option_parameters_module().option_parameter_names())
+    return fields
+
+
+def test_parameter_node_holds_every_option_under_its_own_name():
+    from TextGuidedSegLib.inference.options import SegmentationOptions
+
+    fields = parameter_node_fields()
+    assert set(SegmentationOptions.names()) <= fields
+    assert {"overlap_from_bundle", "threshold_from_bundle", "sw_batch_size_from_bundle"} <= fields
+    assert not {"uncertainty", "probabilityVolumes", "largestComponent", "splitLaterality"} & fields
+
+
+def test_ui_parameter_names_are_parameter_node_fields():
+    fields = parameter_node_fields()
     root = ET.parse(UI_FILE).getroot()
     bound = {
         prop.findtext("string")
@@ -169,6 +197,7 @@ def top_level_imports(path: Path) -> set[str]:
         REPO_ROOT / "TextGuidedSegEffect" / "TextGuidedSegEffect.py",
         EFFECT_FILE,
         *sorted(LOGIC_PACKAGE.glob("*.py")),
+        *sorted((REPO_ROOT / "TextGuidedSeg" / "TextGuidedSegUI").glob("*.py")),
     ],
     ids=lambda p: p.relative_to(REPO_ROOT).as_posix(),
 )

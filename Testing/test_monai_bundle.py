@@ -357,7 +357,9 @@ def test_reprompting_a_volume_runs_the_network_once(tmp_path) -> None:
     assert len(calls) == 3 * windows
     with pytest.raises(ValueError, match="flip_tta"):
         Segmenter(bundle, device="cpu", progress=False, flip_tta=True).segment(ct, "liver")
-    with_probabilities = segmenter.segment(ct, "liver", return_probabilities=True)
+    with_probabilities = Segmenter(bundle, device="cpu", progress=False, probabilities=True).segment(
+        ct, "liver"
+    )
     assert with_probabilities.probabilities.shape == (1, *ct.shape)
     assert np.all((with_probabilities.probabilities >= 0) & (with_probabilities.probabilities <= 1))
 

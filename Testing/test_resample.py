@@ -104,10 +104,15 @@ def test_label_map_equals_the_whole_array_reference(make_bundle, name: str, post
     bundle = load_bundle(make_bundle(spacing=3.0))
     bundle.model = QueryOracle(bundle.model.config)
     segmenter = Segmenter(
-        bundle, device="cpu", progress=False, largest_component=postprocess, split_laterality=postprocess
+        bundle,
+        device="cpu",
+        progress=False,
+        largest_component=postprocess,
+        split_laterality=postprocess,
+        probabilities=True,
     )
     prompt = "liver, spleen, right kidney and left kidney"
-    result = segmenter.segment(volume, prompt, return_probabilities=True)
+    result = segmenter.segment(volume, prompt)
     reference, maps = _reference_labels(segmenter, volume, prompt)
     assert result.labels.dtype == np.uint8 and result.labels.shape == volume.shape
     assert len(np.unique(reference)) >= 3, "the oracle must give several competing structures"

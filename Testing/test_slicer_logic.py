@@ -521,11 +521,13 @@ def test_probability_and_uncertainty_volumes_share_the_input_geometry(mrml, logi
     volume = add_volume_node(
         np.random.default_rng(1).normal(0, 80, (24, 20, 12)).astype(np.int16), affine, "oblique"
     )
+    from TextGuidedSegLib.inference import SegmentationOptions
+
     logic = logic_module.TextGuidedSegLogic()
-    options = logic_module.SegmentationOptions(
-        uncertainty=True, probability_volumes=True, results_table=False
+    options = SegmentationOptions(flip_tta=True, probabilities=True)
+    outputs = logic.segment(
+        volume, "left kidney", bundle=str(tiny_bundle), options=options, results_table=False
     )
-    outputs = logic.segment(volume, "left kidney", bundle=str(tiny_bundle), options=options)
     result = outputs.output.result
     assert outputs.table_node is None
     assert len(outputs.probability_nodes) == len(outputs.uncertainty_nodes) == 1

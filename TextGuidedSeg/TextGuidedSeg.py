@@ -34,13 +34,13 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 from TextGuidedSegLogic import (
     DEFAULT_BUNDLE,
-    SegmentationOptions,
     TextGuidedSegLogic,
     Worker,
 )
+from TextGuidedSegLogic.parameters import option_parameter_names, option_parameters, options_from_parameters
+from TextGuidedSegUI import PromptCompleter, ensureDependencies
 
 __all__ = [
-    "PromptCompleter",
     "TextGuidedSeg",
     "TextGuidedSegLogic",
     "TextGuidedSegTest",
@@ -49,16 +49,9 @@ __all__ = [
 
 SETTINGS_GROUP = "TextGuidedSeg"
 #: Settings kept between Slicer sessions (QSettings) as well as in the scene's parameter node.
-PERSISTENT_PARAMETERS = (
-    "bundle",
-    "device",
-    "overlap",
-    "threshold",
-    "largestComponent",
-    "splitLaterality",
-    "uncertainty",
-    "probabilityVolumes",
-)
+#: The bundle and every segmentation option (the library's ``SegmentationOptions`` names, see
+#: ``TextGuidedSegLogic.parameters``).
+PERSISTENT_PARAMETERS = ("bundle", *option_parameter_names())
 DEVICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "CUDA (GPU)"))
 POLL_INTERVAL_MS = 50
 #: Each poll sleeps this long while a job runs, releasing the GIL to the worker thread (see worker.py).
@@ -120,178 +113,31 @@ def loadTerminologyContext() -> None:
 
 
 #
-# Dependencies (shared with the "Text prompt" Segment Editor effect)
-#
-
-_dependenciesReady = False
-
-
-def ensureDependencies(report=None) -> bool:
-    """Install missing Python packages after asking the user; True when everything is available.
-
-    Called on the first Apply of the panel and of the effect. ``report(text)`` shows progress (a status line).
-    """
-    global _dependenciesReady
-    if _dependenciesReady:
-        return True
-    from TextGuidedSegLogic.dependencies import TORCH, missing_requirements, pip_arguments
-
-    report = report or (lambda text: logging.info("TextGuidedSeg: %s", text))
-    missing = missing_requirements()
-    if not missing:
-        _dependenciesReady = True
-        return True
-    listing = "\n".join(f"  \u2022 {m.describe()}" for m in missing)
-    question = _(
-        "Text-Guided Segmentation needs these Python packages in Slicer's Python:\n\n{listing}\n\n"
-        "Install them now? This downloads several hundred MB and can take a few minutes. PyTorch is "
-        "installed through the PyTorch extension when it is present (it picks the build for your GPU)."
-    ).format(listing=listing)
-    if not slicer.util.confirmOkCancelDisplay(question, _("Install Python packages")):
-        report(_("The Python packages are needed to segment; nothing was installed."))
-        return False
-    failures = []
-    with slicer.util.WaitCursor():
-        if any(m.requirement.distribution == TORCH.distribution for m in missing):
-            report(_("Installing PyTorch..."))
-            slicer.app.processEvents()
-            failures += _installTorch()
-        for argument in pip_arguments(missing):
-            report(_("Installing {package}...").format(package=argument))
-            slicer.app.processEvents()
-            try:
-                slicer.util.pip_install(argument)
-            except Exception as err:  # noqa: BLE001 - every failure is reported below
-                failures.append(f"{argument}: {err}")
-    still = missing_requirements()
-    if still:
-        packages = "\n".join(m.describe() for m in still)
-        slicer.util.errorDisplay(
-            _(
-                "These packages could not be installed:\n{packages}\n\nRestart Slicer and try again, or "
-                "install them from the Python console with slicer.util.pip_install()."
-            ).format(packages=packages),
-            detailedText="\n".join(failures) or _("(pip reported no error)"),
-        )
-        report(_("Installing the Python packages failed."))
-        return False
-    _dependenciesReady = True
-    report(_("Python packages installed."))
-    return True
-
-
-def _installTorch() -> list:
-    """Install PyTorch through the PyTorch extension when present, else with pip; return the failures."""
-    from TextGuidedSegLogic.dependencies import TORCH
-
-    try:
-        import PyTorchUtils
-    except ImportError:
-        PyTorchUtils = None  # noqa: N806 - the module's own name
-    try:
-        if PyTorchUtils is not None:
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, torchVersionRequirement=f">={TORCH.minimum}"
-            )
-            return [] if torch is not None else [_("PyTorch: the PyTorch extension did not install it")]
-        logging.info("TextGuidedSeg: the PyTorch extension is not installed; installing torch with pip")
-        slicer.util.pip_install(TORCH.specifier)
-        return []
-    except Exception as err:  # noqa: BLE001 - reported to the user
-        return [f"{TORCH.specifier}: {err}"]
-
-
-#
-# Prompt completion (shared with the "Text prompt" Segment Editor effect)
-#
-
-
-class PromptCompleter:
-    """Completion of the structure being typed in a prompt line edit, over a bundle's vocabulary.
-
-    The fragment after the last separator (a comma, "and" ...) is completed; choosing a completion replaces it
-    (``TextGuidedSegLogic.prompts``). The panel and the Segment Editor effect each own one.
-    """
-
-    def __init__(self, lineEdit) -> None:
-        self.lineEdit = lineEdit
-        self.completer = qt.QCompleter([], lineEdit)
-        self.completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
-        self.completer.setFilterMode(qt.Qt.MatchContains)  # "kid" offers Right Kidney and Left Kidney
-        self.completer.setWidget(lineEdit)
-        self.completer.connect("activated(QString)", self.onCompletionChosen)
-        lineEdit.connect("textEdited(QString)", self.onPromptEdited)
-
-    def setVocabulary(self, vocabulary: list) -> None:
-        """Complete over ``vocabulary`` (structure names)."""
-        self.completer.setModel(qt.QStringListModel(vocabulary, self.completer))
-
-    def onPromptEdited(self, text: str) -> None:
-        """Offer completion for the structure being typed (the fragment after the last separator)."""
-        from TextGuidedSegLogic.prompts import split_prompt_tail
-
-        _head, fragment = split_prompt_tail(text)
-        if not fragment.strip():
-            self.completer.popup().hide()
-            return
-        self.completer.setCompletionPrefix(fragment.strip())
-        if self.completer.completionCount() > 0:
-            self.completer.complete()
-        else:
-            self.completer.popup().hide()
-
-    def onCompletionChosen(self, choice: str) -> None:
-        """Replace the fragment being typed by the chosen structure."""
-        from TextGuidedSegLogic.prompts import complete_prompt
-
-        self.lineEdit.text = complete_prompt(self.lineEdit.text, choice)
-
-
-#
 # Parameter node
 #
 
 
 @parameterNodeWrapper
-class TextGuidedSegParameterNode:
+class TextGuidedSegParameterNode(option_parameters()):
     """The panel's state, saved with the scene.
 
     inputVolume: the CT to segment.
     prompt: the structures to segment, as typed.
     bundle: bundle folder or .zip, or registry ``name==version``.
-    device: "auto", "cpu" or "cuda".
-    overlap: sliding-window overlap; below 0 means the bundle's own.
-    threshold: probability threshold; 0 means the bundle's own.
-    largestComponent, splitLaterality: post-processing.
-    uncertainty: test-time flips with uncertainty volumes.
-    probabilityVolumes: write probability volumes.
     outputSegmentation: the segmentation to write into; None creates one.
+
+    Inherited: one member per ``SegmentationOptions`` field, same name and default (``device``, ``flip_tta``,
+    ``probabilities``, ...); an option whose None is "the bundle's value" also has a ``<name>_from_bundle``
+    flag (``TextGuidedSegLogic.parameters``). Re-declared here: the numbers the panel shows, with their range.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
     prompt: str = ""
     bundle: str = DEFAULT_BUNDLE
-    device: str = "auto"
-    overlap: Annotated[float, WithinRange(-0.01, 0.95)] = -0.01
-    threshold: Annotated[float, WithinRange(0.0, 0.99)] = 0.0
-    largestComponent: bool = False
-    splitLaterality: bool = False
-    uncertainty: bool = False
-    probabilityVolumes: bool = False
+    overlap: Annotated[float, WithinRange(0.0, 0.95)] = 0.5
+    threshold: Annotated[float, WithinRange(0.01, 0.99)] = 0.5
+    sw_batch_size: Annotated[int, WithinRange(1, 256)] = 1
     outputSegmentation: vtkMRMLSegmentationNode
-
-
-def optionsFromParameters(parameters: TextGuidedSegParameterNode) -> SegmentationOptions:
-    """The logic's options from the panel's parameters (special values mean "the bundle's own")."""
-    return SegmentationOptions(
-        device=parameters.device,
-        overlap=None if parameters.overlap < 0 else parameters.overlap,
-        threshold=None if parameters.threshold <= 0 else parameters.threshold,
-        largest_component=parameters.largestComponent,
-        split_laterality=parameters.splitLaterality,
-        uncertainty=parameters.uncertainty,
-        probability_volumes=parameters.probabilityVolumes,
-    )
 
 
 #
@@ -628,7 +474,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 parameters.inputVolume,
                 parameters.prompt,
                 parameters.bundle,
-                optionsFromParameters(parameters),
+                options_from_parameters(parameters),
             )
             self._saveSettings()
             job, logic = self._job, self.logic

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,6 +35,7 @@ from TextGuidedSegLib.data.label_transfer import transfer_labels
 from TextGuidedSegLib.data.phantom import PhantomConfig, make_phantom
 from TextGuidedSegLib.evaluation.evaluate import universal_label_ids
 from TextGuidedSegLib.evaluation.metrics import dice_score
+from TextGuidedSegLib.inference.options import SegmentationOptions
 from TextGuidedSegLib.inference.result import SegmentInfo
 from TextGuidedSegLib.taxonomy import StructureQuery
 
@@ -174,11 +176,10 @@ def run_demo(
     bundle: str | Path | Bundle = DEFAULT_DEMO_BUNDLE,
     input: str | Path | None = None,
     prompt: str = DEFAULT_PROMPT,
-    device: str = "auto",
     seed: int = 0,
-    overlap: float | None = None,
+    options: SegmentationOptions | None = None,
     progress: bool = True,
-    precision: str = "auto",
+    **changes: Any,
 ) -> DemoResult:
     """Segment a CT (a phantom by default) from ``prompt`` and write the demo files into ``output_dir``.
 
@@ -187,11 +188,11 @@ def run_demo(
         bundle: a bundle folder or .zip, or a loaded bundle; default the shipped demo bundle.
         input: a CT (NIfTI, NRRD or DICOM folder); None makes a phantom with ``seed`` on the bundle's spacing.
         prompt: what to segment.
-        device: "auto", "cpu", "cuda" or "cuda:N".
         seed: the phantom's seed (ignored with ``input``).
-        overlap: sliding-window overlap in [0, 1) (default: the bundle's; lower is faster on a CPU).
+        options: the Segmenter's options (device, overlap, precision, ...; a lower overlap is faster on a
+            CPU); None: the defaults, every value the bundle's.
         progress: show the sliding-window progress bar.
-        precision: the Segmenter's precision ("auto", "float32", "bfloat16", "float16").
+        **changes: option fields applied on top of ``options`` (``run_demo(out, device="cpu")``).
 
     Returns:
         The :class:`DemoResult`.
@@ -227,7 +228,7 @@ def run_demo(
         description = f"`{ct_path}`"
     volume = load_volume(ct_path)
 
-    segmenter = Segmenter(bundle, device=device, overlap=overlap, progress=progress, precision=precision)
+    segmenter = Segmenter(bundle, options, progress=progress, **changes)
     result = segmenter.segment(volume, prompt)
     files = write_segmentation(
         output / "segmentation.nii.gz", result, volume, bundle, prompt=prompt, threshold=segmenter.threshold

@@ -39,8 +39,14 @@ REFERENCE_CPU = {"overlap": 0.5, "precision": "float32"}
 
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "quick": {
-        "postprocess_25": {"shape": (512, 512, 321), "spacing": (0.72, 0.59, 1.05), "fs": 12, "roi": 64,
-                           "model_spacing": 3.0, "structures": 25},
+        "postprocess_25": {
+            "shape": (512, 512, 321),
+            "spacing": (0.72, 0.59, 1.05),
+            "fs": 12,
+            "roi": 64,
+            "model_spacing": 3.0,
+            "structures": 25,
+        },
         "reprompt_film": {"fs": 12, "roi": 64, "model_spacing": 3.0, "repeats": 2, "ct": "small"},
         "reprompt_channel": {"entry": "wholebody_ct_lowres", "repeats": 2, "ct": "small"},
         "fastest_cpu_path": {"repeats": 1, "ct": "small"},
@@ -50,8 +56,14 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "clipseg_cache": {"size": "moderate", "steps": 8},
     },
     "full": {
-        "postprocess_25": {"shape": (512, 512, 321), "spacing": (0.72, 0.59, 1.05), "fs": 12, "roi": 96,
-                           "model_spacing": 1.5, "structures": 25},
+        "postprocess_25": {
+            "shape": (512, 512, 321),
+            "spacing": (0.72, 0.59, 1.05),
+            "fs": 12,
+            "roi": 96,
+            "model_spacing": 1.5,
+            "structures": 25,
+        },
         "reprompt_film": {"fs": 48, "roi": 96, "model_spacing": 1.5, "repeats": 3, "ct": "full"},
         "reprompt_channel": {"entry": "wholebody_ct_lowres", "repeats": 3, "ct": "full"},
         "fastest_cpu_path": {"repeats": 3, "ct": "full"},
@@ -138,8 +150,11 @@ def reprompt_film(p: dict[str, Any]) -> dict[str, Any]:
         "ratio": timing["new prompt, prepared"]["median_s"] / timing["full run"]["median_s"],
         "candidate": _timing(timing["new prompt, prepared"]),
         "reference": _timing(timing["full run"]),
-        "details": {"model_grid": list(prepared.image.shape[2:]), "fs": p["fs"],
-                    "dice_same_prompt": dice_per_label(cached, full, 1)[0]},
+        "details": {
+            "model_grid": list(prepared.image.shape[2:]),
+            "fs": p["fs"],
+            "dice_same_prompt": dice_per_label(cached, full, 1)[0],
+        },
     }
 
 
@@ -198,8 +213,10 @@ def fastest_cpu_path(p: dict[str, Any], candidate: dict[str, Any] | None = None)
     details: dict[str, Any] = {"candidate": candidate, "reference": REFERENCE_CPU}
     for name, volume in _demo_cases(p["ct"]):
         timing = alternate(
-            {"candidate": lambda v=volume: fast.segment(v, queries),
-             "reference": lambda v=volume: reference.segment(v, queries)},
+            {
+                "candidate": lambda v=volume: fast.segment(v, queries),
+                "reference": lambda v=volume: reference.segment(v, queries),
+            },
             p["repeats"],
         )
         dice = dice_per_label(
@@ -243,8 +260,11 @@ def forward_vs_monai(p: dict[str, Any]) -> dict[str, Any]:
         "ratio": timing["film_v1"]["median_s"] / timing["monai"]["median_s"],
         "candidate": _timing(timing["film_v1"]),
         "reference": _timing(timing["monai"]),
-        "details": {"fs": p["fs"], "roi": p["roi"],
-                    "cpu_ratio": timing["film_v1"]["median_cpu_s"] / timing["monai"]["median_cpu_s"]},
+        "details": {
+            "fs": p["fs"],
+            "roi": p["roi"],
+            "cpu_ratio": timing["film_v1"]["median_cpu_s"] / timing["monai"]["median_cpu_s"],
+        },
     }
 
 
@@ -257,8 +277,10 @@ def five_prompts(p: dict[str, Any]) -> dict[str, Any]:
     seg = segmenter(bundle)
     queries = _queries(seg, names)
     timing = alternate(
-        {"5 prompts, one request": lambda: seg.segment(volume, queries),
-         "5 single requests": lambda: [seg.segment(volume, [q]) for q in queries]},
+        {
+            "5 prompts, one request": lambda: seg.segment(volume, queries),
+            "5 single requests": lambda: [seg.segment(volume, [q]) for q in queries],
+        },
         p["repeats"],
     )
     return {
@@ -284,8 +306,13 @@ def rss_fs48(p: dict[str, Any], prompts: int = 1) -> dict[str, Any]:
     return {
         "value": peak_rss_gib(),
         "unit": "GiB",
-        "details": {"grid": list(p["grid"]), "overlap": p["overlap"], "prompts": prompts,
-                    "seconds": round(seconds, 1), "rss_before_gib": round(before, 2)},
+        "details": {
+            "grid": list(p["grid"]),
+            "overlap": p["overlap"],
+            "prompts": prompts,
+            "seconds": round(seconds, 1),
+            "rss_before_gib": round(before, 2),
+        },
     }
 
 
@@ -326,8 +353,15 @@ def run(name: str, size: str) -> dict[str, Any]:
     params = SIZES[size][SIZE_KEY.get(name, name)]
     start = time.perf_counter()
     result = function(params)
-    result.update(name=name, title=title, op=op, target=target, params=params,
-                  seconds=round(time.perf_counter() - start, 1), peak_rss_gib=round(peak_rss_gib(), 2))
+    result.update(
+        name=name,
+        title=title,
+        op=op,
+        target=target,
+        params=params,
+        seconds=round(time.perf_counter() - start, 1),
+        peak_rss_gib=round(peak_rss_gib(), 2),
+    )
     return result
 
 

@@ -52,7 +52,7 @@ def main() -> None:
     bundle = load_bundle(DEMO_BUNDLE)
     reference = segmenter(bundle, **REFERENCE_CPU)
     queries = reference.queries(DEFAULT_PROMPT)
-    for case, volume in _demo_cases(args.ct)[1 if args.no_phantom else 0:]:
+    for case, volume in _demo_cases(args.ct)[1 if args.no_phantom else 0 :]:
         calls = {"reference": lambda v=volume: reference.segment(v, queries)}
         for name in args.settings:
             seg = segmenter(bundle, **SETTINGS[name])
@@ -61,13 +61,21 @@ def main() -> None:
         ref = timing["reference"]
         for name, entry in timing.items():
             dice = dice_per_label(entry["result"].labels, ref["result"].labels, len(queries))
-            print(json.dumps({
-                "case": case, "setting": name, "threads": torch.get_num_threads(),
-                "wall_s": round(entry["median_s"], 2), "cpu_s": round(entry["median_cpu_s"], 2),
-                "wall_ratio": round(entry["median_s"] / ref["median_s"], 3),
-                "cpu_ratio": round(entry["median_cpu_s"] / ref["median_cpu_s"], 3),
-                "dice": {q.class_name: round(d, 4) for q, d in zip(queries, dice, strict=True)},
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "case": case,
+                        "setting": name,
+                        "threads": torch.get_num_threads(),
+                        "wall_s": round(entry["median_s"], 2),
+                        "cpu_s": round(entry["median_cpu_s"], 2),
+                        "wall_ratio": round(entry["median_s"] / ref["median_s"], 3),
+                        "cpu_ratio": round(entry["median_cpu_s"] / ref["median_cpu_s"], 3),
+                        "dice": {q.class_name: round(d, 4) for q, d in zip(queries, dice, strict=True)},
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ MARKER = "BENCH-RESULT "
 
 
 def verdict(result: dict[str, Any]) -> str:
-    """"ok", "MISSED", "reported", or "ERROR" for one result."""
+    """ "ok", "MISSED", "reported", or "ERROR" for one result."""
     if "error" in result:
         return "ERROR"
     op, target = result.get("op"), result.get("target")
@@ -69,23 +69,33 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, str]]:
         note = r.get("error", "")
         if condition is not None:
             note = f"{condition['what']} {condition['value']:.4f} (>= {condition['target']})"
-        table.append({
-            "benchmark": r["name"],
-            "what": r.get("title", ""),
-            "candidate s": _fmt(cand.get("median_s")),
-            "reference s": _fmt(ref.get("median_s")),
-            "cpu s cand/ref": f"{_fmt(cand.get('median_cpu_s'), 1)}/{_fmt(ref.get('median_cpu_s'), 1)}",
-            "result": f"{_fmt(value, 3)} {unit}".strip(),
-            "target": target,
-            "verdict": verdict(r),
-            "note": note,
-        })
+        table.append(
+            {
+                "benchmark": r["name"],
+                "what": r.get("title", ""),
+                "candidate s": _fmt(cand.get("median_s")),
+                "reference s": _fmt(ref.get("median_s")),
+                "cpu s cand/ref": f"{_fmt(cand.get('median_cpu_s'), 1)}/{_fmt(ref.get('median_cpu_s'), 1)}",
+                "result": f"{_fmt(value, 3)} {unit}".strip(),
+                "target": target,
+                "verdict": verdict(r),
+                "note": note,
+            }
+        )
         for extra in r.get("extra_rows", []):
-            table.append({
-                "benchmark": extra["name"], "what": f"peak RSS of {r['name']}", "candidate s": "-",
-                "reference s": "-", "cpu s cand/ref": "-", "result": f"{extra['value']:.2f} {extra['unit']}",
-                "target": "<= 4.00", "verdict": "ok" if extra["value"] <= 4.0 else "MISSED", "note": "",
-            })
+            table.append(
+                {
+                    "benchmark": extra["name"],
+                    "what": f"peak RSS of {r['name']}",
+                    "candidate s": "-",
+                    "reference s": "-",
+                    "cpu s cand/ref": "-",
+                    "result": f"{extra['value']:.2f} {extra['unit']}",
+                    "target": "<= 4.00",
+                    "verdict": "ok" if extra["value"] <= 4.0 else "MISSED",
+                    "note": "",
+                }
+            )
     return table
 
 
@@ -165,12 +175,17 @@ def run_child(name: str, size: str, max_rss_gib: float, timeout: float) -> dict[
     output = process.communicate()[0]
     for line in reversed(output.splitlines()):
         if line.startswith(MARKER):
-            return json.loads(line[len(MARKER):])
+            return json.loads(line[len(MARKER) :])
     from benchmarks import BENCHMARKS
 
     title, op, target, _ = BENCHMARKS[name]
-    return {"name": name, "title": title, "op": op, "target": target,
-            "error": killed or f"exit status {process.returncode}"}
+    return {
+        "name": name,
+        "title": title,
+        "op": op,
+        "target": target,
+        "error": killed or f"exit status {process.returncode}",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,8 +221,11 @@ def main(argv: list[str] | None = None) -> int:
         result = run_child(name, args.size, args.max_rss_gib, args.timeout)
         results.append(result)
         row = rows([result])[0]
-        print(f"   candidate {row['candidate s']} s, reference {row['reference s']} s -> {row['result']} "
-              f"(target {row['target']}): {row['verdict']} {row['note']}", flush=True)
+        print(
+            f"   candidate {row['candidate s']} s, reference {row['reference s']} s -> {row['result']} "
+            f"(target {row['target']}): {row['verdict']} {row['note']}",
+            flush=True,
+        )
         write_results(results, meta, args.output)  # keep what finished if a later one is interrupted
     meta["total_s"] = round(time.perf_counter() - started, 1)
     json_path, md_path = write_results(results, meta, args.output)

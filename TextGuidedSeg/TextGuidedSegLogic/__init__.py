@@ -6,6 +6,7 @@ package imports ``slicer``, ``vtk`` and numpy only; the library and its model st
 imported on first use, after the panel has checked the dependencies.
 
 - :mod:`.logic`: :class:`TextGuidedSegLogic` (prepare inputs / run / write results, bundle choices).
+- :mod:`.parameters`: the panel's parameter node <-> the library's ``SegmentationOptions`` (one mapping).
 - :mod:`.nodes`: volume nodes and oriented images <-> ``(I, J, K)`` arrays (the one axis-order conversion).
 - :mod:`.segments`: writing results into segments (names, colours, terminology, labelmaps).
 - :mod:`.worker`: the worker thread and its event queue.
@@ -24,7 +25,6 @@ from .logic import (  # noqa: E402 - the library path must be set first
     BundleChoice,
     InferenceJob,
     InferenceOutput,
-    SegmentationOptions,
     SegmentationOutputs,
     SegmentNameConflict,
     TextGuidedSegLogic,
@@ -38,7 +38,6 @@ __all__ = [
     "InferenceJob",
     "InferenceOutput",
     "SegmentNameConflict",
-    "SegmentationOptions",
     "SegmentationOutputs",
     "TextGuidedSegLogic",
     "Worker",

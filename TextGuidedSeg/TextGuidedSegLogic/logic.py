@@ -6,10 +6,12 @@ A run has three steps, so the heavy one can leave the GUI thread:
    into an :class:`InferenceJob`;
 2. :meth:`TextGuidedSegLogic.run` (any thread, never touches MRML) resolves and loads the bundle (a
    registry download if needed), encodes the volume (cached while the volume is unchanged) and runs the
-   library's ``Segmenter``;
-3. :meth:`TextGuidedSegLogic.write_results` (main thread) writes segments, a results table and optional
-   probability / uncertainty volumes. Nodes are created only here; if anything fails, every node it created
-   is removed and an existing segmentation is restored, so the scene is left as it was.
+   library's ``Segmenter`` with the job's ``SegmentationOptions`` (the library's, one name per option in every
+   layer; the panel's parameter node maps to them in :mod:`.parameters`);
+3. :meth:`TextGuidedSegLogic.write_results` (main thread) writes segments, a results table (a Slicer-only
+   output: ``InferenceJob.results_table``, beside the options) and optional probability / uncertainty
+   volumes. Nodes are created only here; if anything fails, every node it created is removed and an existing
+   segmentation is restored, so the scene is left as it was.
 
 :meth:`TextGuidedSegLogic.segment` does all three in one call, for scripts and tests::
 
@@ -48,7 +50,7 @@ from .worker import Progress
 
 if TYPE_CHECKING:
     from TextGuidedSegLib.bundle import Bundle
-    from TextGuidedSegLib.inference import SegmentationResult
+    from TextGuidedSegLib.inference import SegmentationOptions, SegmentationResult
     from TextGuidedSegLib.io import Volume
     from TextGuidedSegLib.registry import BundleStore, CachedBundle
 
@@ -61,31 +63,6 @@ RESULTS_TABLE_COLUMNS = ("Segment", "Volume (mL)", "Mean (HU)", "Voxels")
 
 
 @dataclass
-class SegmentationOptions:
-    """How to segment (the panel's device and advanced settings).
-
-    Attributes:
-        device: "auto", "cpu", "cuda" or "cuda:N".
-        overlap: sliding-window overlap in [0, 1); None: the bundle's.
-        threshold: probability threshold in (0, 1); None: the bundle's.
-        largest_component: keep each structure's largest connected component.
-        split_laterality: keep left/right structures on their side of the body midline.
-        uncertainty: test-time flips; writes one uncertainty volume (std of the probabilities) per structure.
-        probability_volumes: write one probability volume per structure.
-        results_table: write a table of volume (mL) and mean HU per segment.
-    """
-
-    device: str = "auto"
-    overlap: float | None = None
-    threshold: float | None = None
-    largest_component: bool = False
-    split_laterality: bool = False
-    uncertainty: bool = False
-    probability_volumes: bool = False
-    results_table: bool = True
-
-
-@dataclass
 class InferenceJob:
     """Everything :meth:`TextGuidedSegLogic.run` needs, copied out of the scene on the main thread.
 
@@ -93,13 +70,17 @@ class InferenceJob:
         volume: the CT: ``(I, J, K)`` float32 copy of the node's voxels and its IJK-to-RAS affine.
         prompt: the prompt as typed.
         bundle: a bundle folder or .zip, or a registry name / ``name==version``.
-        options: how to segment.
+        options: how to segment: the library's ``SegmentationOptions``, given whole to the ``Segmenter``
+            (``flip_tta`` also writes one uncertainty volume per structure, ``probabilities`` one probability
+            volume per structure).
         volume_node_id: the input node's ID (checked again before writing).
         volume_name: the input node's name.
         fingerprint: the input's content fingerprint (:func:`nodes.volume_fingerprint`); it keys the cache of
             encoded volumes and detects a volume changed during the run.
         extent_start: first voxel index of the source image's extent (an oriented image from the Segment
             Editor may not start at 0; volume nodes do).
+        results_table: also write a table of volume (mL) and mean HU per segment (a Slicer output, not a
+            segmentation option).
     """
 
     volume: Volume
@@ -110,6 +91,7 @@ class InferenceJob:
     volume_name: str = ""
     fingerprint: tuple = ()
     extent_start: tuple[int, int, int] = (0, 0, 0)
+    results_table: bool = True
 
 
 @dataclass
@@ -191,11 +173,20 @@ class SegmentNameConflict(ValueError):
         )
 
 
-def default_segmenter_factory(bundle: Bundle, **settings: Any) -> Any:
-    """``Segmenter(bundle, **settings)``, imported on first use (the model stack is heavy)."""
+def default_segmenter_factory(bundle: Bundle, options: SegmentationOptions, **settings: Any) -> Any:
+    """``Segmenter(bundle, options, **settings)``, imported on first use (the model stack is heavy)."""
     from TextGuidedSegLib.inference import Segmenter
 
-    return Segmenter(bundle, **settings)
+    return Segmenter(bundle, options, **settings)
+
+
+def _options(options: SegmentationOptions | None) -> SegmentationOptions:
+    """``options``, or the defaults (every value the bundle's) when None."""
+    if options is not None:
+        return options
+    from TextGuidedSegLib.inference.options import SegmentationOptions
+
+    return SegmentationOptions()
 
 
 def _checked_prompt(prompt: str) -> str:
@@ -221,7 +212,8 @@ class TextGuidedSegLogic:
 
     Args:
         store: the bundle registry and cache (default: the shipped registry and the per-user cache).
-        segmenter_factory: ``factory(bundle, **settings)`` returning a ``Segmenter``-like object (tests).
+        segmenter_factory: ``factory(bundle, options, progress=False)`` returning a ``Segmenter``-like
+            object (tests).
         max_cached_volumes: how many encoded volumes to keep for re-prompting.
     """
 
@@ -395,17 +387,19 @@ class TextGuidedSegLogic:
         prompt: str,
         bundle: str | Path | None = None,
         options: SegmentationOptions | None = None,
+        results_table: bool = True,
     ) -> InferenceJob:
-        """Copy what a run needs out of the scene (call on the main thread)."""
+        """Copy what a run needs out of the scene (call on the main thread); ``options`` None: defaults."""
         prompt = _checked_prompt(prompt)
         return InferenceJob(
             volume=volume_from_node(volume_node),
             prompt=prompt,
             bundle=str(bundle) if bundle else DEFAULT_BUNDLE,
-            options=options or SegmentationOptions(),
+            options=_options(options),
             volume_node_id=volume_node.GetID(),
             volume_name=volume_node.GetName(),
             fingerprint=volume_fingerprint(volume_node),
+            results_table=results_table,
         )
 
     def prepare_image_inputs(
@@ -417,7 +411,8 @@ class TextGuidedSegLogic:
         options: SegmentationOptions | None = None,
     ) -> InferenceJob:
         """Like :meth:`prepare_inputs` for an oriented image: the Segment Editor's source volume, already
-        aligned to the segmentation's geometry (``scriptedEffect.sourceVolumeImageData()``)."""
+        aligned to the segmentation's geometry (``scriptedEffect.sourceVolumeImageData()``); no results
+        table (the Segment Editor writes the segments only)."""
         prompt = _checked_prompt(prompt)
         name = source_node.GetName() if source_node is not None else "source volume"
         x0, _x1, y0, _y1, z0, _z1 = image.GetExtent()
@@ -425,11 +420,12 @@ class TextGuidedSegLogic:
             volume=volume_from_oriented_image(image, name),
             prompt=prompt,
             bundle=str(bundle) if bundle else DEFAULT_BUNDLE,
-            options=options or SegmentationOptions(results_table=False),
+            options=_options(options),
             volume_node_id=source_node.GetID() if source_node is not None else "",
             volume_name=name,
             fingerprint=oriented_image_fingerprint(image, source_node),
             extent_start=(x0, y0, z0),
+            results_table=False,
         )
 
     # -- 2. any thread: inference, no MRML ---------------------------------------------------------------
@@ -452,17 +448,7 @@ class TextGuidedSegLogic:
         bundle_path = self.resolve_bundle(job.bundle, progress, cancel)
         report("load")
         bundle = self.load_bundle(bundle_path)
-        options = job.options
-        segmenter = self._segmenter_factory(
-            bundle,
-            device=options.device,
-            overlap=options.overlap,
-            threshold=options.threshold,
-            largest_component=options.largest_component,
-            split_laterality=options.split_laterality,
-            progress=False,
-            flip_tta=options.uncertainty,
-        )
+        segmenter = self._segmenter_factory(bundle, job.options, progress=False)
         queries = segmenter.queries(job.prompt)  # fail on an unanswerable prompt before encoding the volume
         preprocessing = bundle.config.preprocessing
         key = (
@@ -486,7 +472,6 @@ class TextGuidedSegLogic:
         result = segmenter.segment(
             job.volume,
             queries,
-            return_probabilities=options.probability_volumes,
             prepared=prepared,
             progress_callback=lambda done, total: report("segment", done, total),
             cancel=cancel,
@@ -576,7 +561,7 @@ class TextGuidedSegLogic:
             outputs = SegmentationOutputs(
                 segmentation_node=segmentation_node, segment_ids=segment_ids, output=output
             )
-            if job.options.results_table:
+            if job.results_table:
                 outputs.table_node = self._results_table(segmentation_node, output)
             affine = ijk_to_ras(volume_node)
             base = segmentation_node.GetName()
@@ -607,6 +592,7 @@ class TextGuidedSegLogic:
         options: SegmentationOptions | None = None,
         progress: Progress | None = None,
         cancel: threading.Event | None = None,
+        results_table: bool = True,
     ) -> SegmentationOutputs:
         """Prepare, run and write in one call, on the calling thread (scripts, tests, the Python console).
 
@@ -614,7 +600,7 @@ class TextGuidedSegLogic:
 
             outputs = TextGuidedSegLogic().segment(getNode("CTChest"), "liver, spleen and both kidneys")
         """
-        job = self.prepare_inputs(volume_node, prompt, bundle, options)
+        job = self.prepare_inputs(volume_node, prompt, bundle, options, results_table)
         output = self.run(job, progress, cancel)
         return self.write_results(output, volume_node, segmentation_node, replace_existing)
 

@@ -77,7 +77,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- options --------------------------------------------------------------------------------------
 
     def setupOptionsFrame(self) -> None:
-        from TextGuidedSeg import PromptCompleter  # the panel's module: on the module path, loaded first
+        from TextGuidedSegUI import PromptCompleter  # shared with the panel, beside TextGuidedSegLogic
 
         self.promptLineEdit = qt.QLineEdit()
         self.promptLineEdit.placeholderText = "e.g. liver, or spleen and both kidneys"
@@ -187,11 +187,12 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         """Start the inference in a worker thread; the segments are written when it ends."""
         if self._worker is not None or not self.promptLineEdit.text.strip():
             return
-        import TextGuidedSeg
+        from TextGuidedSegUI import ensureDependencies
 
-        if not TextGuidedSeg.ensureDependencies(self._showStatus):
+        if not ensureDependencies(self._showStatus):
             return
-        from TextGuidedSegLogic import SegmentationOptions, Worker
+        from TextGuidedSegLogic import Worker
+        from TextGuidedSegLogic.parameters import options_from_parameters
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         sourceVolumeNode = self._sourceVolumeNode(parameterSetNode)
@@ -199,14 +200,15 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
             self._showStatus("Select a source volume first.")
             return
         logic = self.logic
-        device = str(qt.QSettings().value("TextGuidedSeg/device", "auto"))
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
+            # the panel's remembered device; every other option keeps its default (the bundle's values)
+            remembered = {"device": str(qt.QSettings().value("TextGuidedSeg/device", "auto"))}
             self._job = logic.prepare_image_inputs(
                 self._sourceImage(),
                 sourceVolumeNode,
                 self.promptLineEdit.text,
                 self.scriptedEffect.parameter("Bundle"),
-                SegmentationOptions(device=device, results_table=False),
+                options_from_parameters(remembered),
             )
             job = self._job
             self._worker = Worker(lambda progress, cancel: logic.run(job, progress, cancel))

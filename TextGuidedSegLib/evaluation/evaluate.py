@@ -30,7 +30,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -47,6 +47,7 @@ from TextGuidedSegLib.evaluation.report import (
     write_metrics_csv,
     write_summary_md,
 )
+from TextGuidedSegLib.inference.options import SegmentationOptions
 from TextGuidedSegLib.inference.result import SegmentationResult
 from TextGuidedSegLib.io import Volume, load_volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, Taxonomy, parse_prompt
@@ -158,11 +159,11 @@ def evaluate(
     dataset: str | None = None,
     structures: str | Sequence[str] | None = None,
     save_predictions: bool = False,
-    device: str = "auto",
-    overlap: float | None = None,
+    options: SegmentationOptions | None = None,
     nsd_tolerance_mm: float = DEFAULT_NSD_TOLERANCE_MM,
     progress: bool = True,
     segmenter: SegmenterLike | None = None,
+    **changes: Any,
 ) -> EvaluationReport:
     """Segment every case of ``list_file`` with ``bundle``, score it against its labels and write a report.
 
@@ -176,12 +177,12 @@ def evaluate(
         structures: what to evaluate: a prompt or a list of class names of the bundle's taxonomy; default
             every structure of the bundle. Each case scores those its dataset annotates.
         save_predictions: also write each case's label map and sidecar to ``output_dir/predictions``.
-        device: "auto", "cpu", "cuda" or "cuda:N".
-        overlap: sliding-window overlap (default: the bundle's).
+        options: the ``Segmenter``'s options (device, overlap, ...); None: the defaults (the bundle's).
         nsd_tolerance_mm: surface Dice tolerance in mm (default 3 mm).
         progress: show a progress bar over the cases.
-        segmenter: segments instead of a ``Segmenter`` built from ``bundle`` (a differently configured one,
-            or a test oracle); it must answer queries of ``bundle``'s taxonomy.
+        segmenter: segments instead of a ``Segmenter`` built from ``bundle`` and ``options`` (a differently
+            configured one, or a test oracle); it must answer queries of ``bundle``'s taxonomy.
+        **changes: option fields applied on top of ``options`` (``evaluate(..., device="cpu")``).
 
     Returns:
         The :class:`EvaluationReport` (per-case scores and per-structure means).
@@ -212,10 +213,12 @@ def evaluate(
         )
     if not isinstance(bundle, Bundle):
         bundle = load_bundle(bundle)
+    if segmenter is not None and (options is not None or changes):
+        raise ValueError("evaluate: pass the segmentation options or a segmenter built with them, not both")
     if segmenter is None:
         from TextGuidedSegLib.inference import Segmenter
 
-        segmenter = Segmenter(bundle, device=device, overlap=overlap, progress=False)
+        segmenter = Segmenter(bundle, options, progress=False, **changes)
 
     universal = universal_label_ids()
     queries = []

@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from TextGuidedSegLib.configs import check_keys, field_names
+
 PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+DEVICE_HELP = "auto (CUDA when present, else the CPU), cpu, cuda, cuda:N or mps"
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
 @dataclass(frozen=True)
 class SegmentationOptions:
     """How to run a bundle on one volume; ``None`` takes the bundle's value.
+
+    Each field's ``metadata["help"]`` describes it to front ends: the CLI makes one flag per field from it
+    (``cli/arguments.py``), so a new option is a field here and its use in the ``Segmenter``.
 
     Attributes:
         device: "auto" (CUDA when present, else CPU), "cpu", "cuda", "cuda:N" or "mps".
@@ -36,19 +42,38 @@ class SegmentationOptions:
         sw_batch_size: windows per forward pass, >= 1; None: the bundle's.
         largest_component: keep each structure's largest connected component.
         split_laterality: keep left/right structures on their side of the body midline.
-        flip_tta: average over test-time flips; with ``probabilities`` also gives an uncertainty map (std).
+        flip_tta: average over test-time flips and return one uncertainty map (their std) per structure.
         probabilities: also return one probability map per structure on the input grid.
     """
 
-    device: str = "auto"
-    precision: str = "auto"
-    overlap: float | None = None
-    threshold: float | None = None
-    sw_batch_size: int | None = None
-    largest_component: bool = False
-    split_laterality: bool = False
-    flip_tta: bool = False
-    probabilities: bool = False
+    device: str = field(default="auto", metadata={"help": DEVICE_HELP})
+    precision: str = field(
+        default="auto",
+        metadata={
+            "help": "network arithmetic: float32, bfloat16 autocast (CPU or CUDA), float16 autocast (CUDA "
+            "only); auto: float16 on CUDA, float32 on the CPU",
+            "choices": PRECISIONS,
+        },
+    )
+    overlap: float | None = field(
+        default=None, metadata={"help": "sliding-window overlap in [0, 1), 0 is fastest"}
+    )
+    threshold: float | None = field(default=None, metadata={"help": "probability threshold in (0, 1)"})
+    sw_batch_size: int | None = field(default=None, metadata={"help": "windows per forward pass, >= 1"})
+    largest_component: bool = field(
+        default=False, metadata={"help": "keep each structure's largest component"}
+    )
+    split_laterality: bool = field(
+        default=False, metadata={"help": "restrict left/right structures to their side of the body midline"}
+    )
+    flip_tta: bool = field(
+        default=False,
+        metadata={
+            "help": "test-time flips (4 passes): average the probabilities and also return one uncertainty "
+            "map (their standard deviation) per query"
+        },
+    )
+    probabilities: bool = field(default=False, metadata={"help": "also return one probability map per query"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):
@@ -65,21 +90,19 @@ class SegmentationOptions:
             raise ValueError(f"sw_batch_size must be an integer, got {self.sw_batch_size!r}")
         if self.sw_batch_size is not None and self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-        for name in ("largest_component", "split_laterality", "flip_tta", "probabilities"):
+        for name in (f.name for f in dataclasses.fields(self) if isinstance(f.default, bool)):  # the switches
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
     def replace(self, **changes: Any) -> SegmentationOptions:
         """A validated copy with ``changes`` applied; unknown names raise ``ValueError`` listing the valid."""
-        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
-        if unknown:
-            raise ValueError(f"unknown segmentation option(s) {unknown}; valid: {self.names()}")
+        check_keys(changes, self.names(), what="SegmentationOptions")
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def names(cls) -> list[str]:
         """The option names, in declaration order."""
-        return [f.name for f in dataclasses.fields(cls)]
+        return field_names(cls)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SegmentationOptions:

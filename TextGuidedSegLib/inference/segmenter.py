@@ -30,11 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import logging
 import threading
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -53,6 +55,7 @@ from TextGuidedSegLib.inference.feature_cache import (
 )
 from TextGuidedSegLib.inference.geometry import to_model_space, window_intensity
 from TextGuidedSegLib.inference.monai_pipeline import apply_intensity_steps, class_label_map
+from TextGuidedSegLib.inference.options import PRECISIONS, SegmentationOptions
 from TextGuidedSegLib.inference.postprocess import (
     body_mask,
     keep_largest_component,
@@ -98,12 +101,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"--device {device!r} is not a device; use auto, cpu, cuda or cuda:N") from err
 
 
-PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+__all__ = [
+    "PRECISIONS",
+    "ProgressCallback",
+    "SegmentationCancelled",
+    "SegmentationOptions",
+    "Segmenter",
+    "resolve_device",
+]
 
 
 def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``precision`` on ``device`` (None: plain float32)."""
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS:  # SegmentationOptions refuses it first; this guards direct calls
         raise ValueError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}")
     cuda = device.type == "cuda"
     if precision == "auto":
@@ -120,21 +130,15 @@ class Segmenter:
 
     Args:
         bundle: a loaded bundle (``TextGuidedSegLib.bundle.load_bundle``).
-        device: "auto" (CUDA when present), "cpu", "cuda" or "cuda:N".
-        overlap: sliding-window overlap in [0, 1); None takes the bundle's.
-        threshold: probability threshold in (0, 1); None takes the bundle's.
-        sw_batch_size: windows per forward pass; None takes the bundle's.
-        largest_component: keep only the largest connected component of each structure.
-        split_laterality: for left/right structures, drop voxels on the wrong side of the body midline.
+        options: how to segment (device, precision, overlap, threshold, post-processing, flips,
+            probabilities); None: ``SegmentationOptions()``. ``None`` fields take the bundle's values.
         progress: show a progress bar over the sliding windows.
         text_encoder: an already loaded encoder for prompts the cache lacks; by default the bundle's own
             encoder is loaded on first need (bundles without one answer only their cached vocabulary).
-        flip_tta: test-time augmentation by flips: also run the volume mirrored along each axis (4 passes),
-            average the probabilities and return their standard deviation as ``result.uncertainty``.
-        precision: autocast dtype of the network: "float32" (none), "bfloat16" (CPU or CUDA), "float16"
-            (CUDA only), or "auto": float16 on CUDA, float32 on the CPU.
         feature_cache_bytes: byte limit of the encoder features kept with a ``PreparedVolume`` passed to
             ``segment`` (models that offer it: film_v1, film_v2); 0 disables the cache.
+        **changes: option fields applied on top of ``options`` (``Segmenter(bundle, device="cpu")``); an
+            unknown name raises ``ValueError`` listing the valid ones.
 
     Example::
 
@@ -146,37 +150,29 @@ class Segmenter:
     def __init__(
         self,
         bundle: Bundle,
-        device: str | torch.device = "auto",
-        overlap: float | None = None,
-        threshold: float | None = None,
-        sw_batch_size: int | None = None,
-        largest_component: bool = False,
-        split_laterality: bool = False,
+        options: SegmentationOptions | None = None,
+        *,
         progress: bool = True,
         text_encoder: CLIPTextEncoder | None = None,
-        flip_tta: bool = False,
-        precision: str = "auto",
         feature_cache_bytes: int = DEFAULT_FEATURE_CACHE_BYTES,
+        **changes: Any,
     ) -> None:
-        settings = bundle.config.inference
+        options = SegmentationOptions() if options is None else options
+        if not isinstance(options, SegmentationOptions):
+            raise TypeError(f"options must be a SegmentationOptions, got {type(options).__name__}")
+        self.options = options.replace(**changes) if changes else options
         self.bundle = bundle
-        self.device = resolve_device(device)
-        self.overlap = settings.overlap if overlap is None else float(overlap)
-        self.threshold = settings.threshold if threshold is None else float(threshold)
-        self.sw_batch_size = settings.sw_batch_size if sw_batch_size is None else int(sw_batch_size)
-        if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
-        if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
-        if self.sw_batch_size < 1:
-            raise ValueError(f"sw_batch_size must be >= 1, got {self.sw_batch_size}")
-        self.largest_component = largest_component
-        self.split_laterality = split_laterality
+        self.device = resolve_device(self.options.device)
+        # the bundle's sliding-window settings with the options' overrides: what this Segmenter runs with
+        overrides = {
+            name: getattr(self.options, name)
+            for name in ("overlap", "threshold", "sw_batch_size")
+            if getattr(self.options, name) is not None
+        }
+        self.settings = dataclasses.replace(bundle.config.inference, **overrides)
         self.progress = progress
         self._encoder = text_encoder
-        self.flip_tta = flip_tta
-        self.precision = precision
-        self.autocast_dtype = _autocast_dtype(precision, self.device)
+        self.autocast_dtype = _autocast_dtype(self.options.precision, self.device)
         if feature_cache_bytes < 0:
             raise ValueError(
                 f"feature_cache_bytes must be >= 0 (0 disables the cache), got {feature_cache_bytes}"
@@ -185,6 +181,33 @@ class Segmenter:
         self.model = bundle.model.to(self.device).eval()
         self._volumes: OrderedDict[tuple, PreparedVolume] = OrderedDict()  # softmax models: recent volumes
         self._midline: tuple[Volume, float] | None = None  # the last volume's mid-sagittal plane (RAS x)
+
+    # -- the resolved options (read by the CLI, evaluation and tests) -----------------------------------
+
+    @property
+    def overlap(self) -> float:
+        """Sliding-window overlap in use (the option's, else the bundle's)."""
+        return self.settings.overlap
+
+    @property
+    def threshold(self) -> float:
+        """Probability threshold in use (the option's, else the bundle's)."""
+        return self.settings.threshold
+
+    @property
+    def sw_batch_size(self) -> int:
+        """Windows per forward pass in use (the option's, else the bundle's)."""
+        return self.settings.sw_batch_size
+
+    @property
+    def largest_component(self) -> bool:
+        """The ``largest_component`` option."""
+        return self.options.largest_component
+
+    @property
+    def split_laterality(self) -> bool:
+        """The ``split_laterality`` option."""
+        return self.options.split_laterality
 
     # -- prompts -> conditioning ------------------------------------------------------------------------
 
@@ -299,7 +322,7 @@ class Segmenter:
         ``features``: the encoder-feature cache of the image's ``PreparedVolume`` (used when the model offers
         it, see ``feature_cache``); ``view``: the axes ``image`` was flipped along (part of the cache key).
         """
-        settings = self.bundle.config.inference
+        settings = self.settings
         cached = features is not None and text is not None and supports_feature_cache(self.model)
         context = (view, tuple(image.shape[2:]), settings.padding_mode, self.autocast_dtype, str(self.device))
 
@@ -320,7 +343,7 @@ class Segmenter:
             if self.autocast_dtype is not None
             else contextlib.nullcontext()
         )
-        if getattr(self.model, "predicts_volume", False):
+        if self.model.predicts_volume:
             # 2D models (CLIPSeg bundles) segment the whole volume, slice by slice, in one call
             with torch.inference_mode(), amp:
                 return predictor(image.to(self.device)).float()
@@ -373,7 +396,7 @@ class Segmenter:
 
         ``features``: see ``predict_logits`` (each flip is cached apart).
         """
-        if not self.flip_tta:
+        if not self.options.flip_tta:
             logits = self.predict_logits(image, text, class_indices, step, features=features)
             with torch.inference_mode():  # in place: one (Q, X, Y, Z) array, not two
                 return logits[0].cpu().sigmoid_(), None
@@ -389,7 +412,6 @@ class Segmenter:
         self,
         volume: Volume,
         prompt: str | Sequence[StructureQuery],
-        return_probabilities: bool = False,
         *,
         prepared: PreparedVolume | None = None,
         progress_callback: ProgressCallback | None = None,
@@ -397,10 +419,12 @@ class Segmenter:
     ) -> SegmentationResult:
         """Segment ``volume`` for ``prompt``; the label map lies voxel for voxel on ``volume``'s grid.
 
+        With ``options.probabilities`` the result also holds (Q, I, J, K) probabilities on the input grid;
+        with ``options.flip_tta``, their standard deviation over the flips (``result.uncertainty``).
+
         Args:
             volume: the CT, (I, J, K) HU with its voxel-to-RAS affine; it is not modified.
             prompt: free text ("liver and both kidneys") or already parsed queries.
-            return_probabilities: also return (Q, I, J, K) probabilities on the input grid.
             prepared: ``self.prepare(volume)`` from an earlier call, to skip resampling the volume again.
             progress_callback: ``callback(done, total)`` over the sliding windows (all flips included).
             cancel: when this event is set, the run stops before its next window batch and raises
@@ -428,13 +452,11 @@ class Segmenter:
             [q.name for q in queries],
         )
         if classes:
-            return self._segment_classes(
-                volume, queries, prepared, return_probabilities, progress_callback, cancel
-            )
-        roi_size = self.bundle.config.inference.roi_size
-        whole_volume = getattr(self.model, "predicts_volume", False)  # one call for the whole volume
+            return self._segment_classes(volume, queries, prepared, progress_callback, cancel)
+        roi_size = self.settings.roi_size
+        whole_volume = self.model.predicts_volume  # one call for the whole volume
         total = 1 if whole_volume else count_windows(prepared.image.shape[2:], roi_size, self.overlap)
-        total *= len(_TTA_FLIPS) if self.flip_tta else 1
+        total *= len(_TTA_FLIPS) if self.options.flip_tta else 1
         step = _WindowSteps(total, volume, progress_callback, cancel)
         probabilities, spread = self.predict_probabilities(
             prepared.image, text, class_indices, step, features=features
@@ -448,7 +470,7 @@ class Segmenter:
             labels=labels,
             segments=segment_infos(labels, queries, volume),
             queries=queries,
-            probabilities=ProbabilityMaps(probabilities, resampler) if return_probabilities else None,
+            probabilities=ProbabilityMaps(probabilities, resampler) if self.options.probabilities else None,
             uncertainty=None if spread is None else ProbabilityMaps(spread, resampler),
         )
 
@@ -470,13 +492,12 @@ class Segmenter:
         volume: Volume,
         queries: Sequence[StructureQuery],
         prepared: PreparedVolume,
-        return_probabilities: bool,
         progress_callback: ProgressCallback | None,
         cancel: threading.Event | None,
     ) -> SegmentationResult:
         """A softmax model: its full class label map (cached with ``prepared``), then the queried labels."""
         self.conditioning(queries)  # refuses free text, naming the vocabulary
-        if self.flip_tta:
+        if self.options.flip_tta:
             raise ValueError(
                 f"flip_tta (uncertainty) is not available for {self.bundle.config.name!r}, a softmax bundle; "
                 "run it without"
@@ -487,12 +508,10 @@ class Segmenter:
         cached = prepared.label_maps.get(key)
         full = cached[1] if cached is not None and cached[0] is self.model else None
         probabilities = None
-        if full is None or return_probabilities:
-            total = count_windows(
-                prepared.image.shape[2:], self.bundle.config.inference.roi_size, self.overlap
-            )
+        if full is None or self.options.probabilities:
+            total = count_windows(prepared.image.shape[2:], self.settings.roi_size, self.overlap)
             step = _WindowSteps(total, volume, progress_callback, cancel)
-            wanted = channels if return_probabilities else []
+            wanted = channels if self.options.probabilities else []
             logits = self.predict_logits(prepared.image, None, None, step)[0].cpu()
             full, probabilities = class_label_map(logits, prepared, self.model.config.invert, wanted)
             del logits
