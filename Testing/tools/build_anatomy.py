@@ -12,6 +12,10 @@ Sources, in order of precedence for codes and colours:
    anatomic region, and this project's own additions);
 3. TotalSegmentator's SNOMED mapping (``terminology/totalsegmentator_snomed_mapping.csv``).
 
+Colours of lateral structures follow ``TextGuidedSegLib/taxonomy/colors.py``: TotalSegmentator's colour for
+each side (Slicer's list gives both sides one colour), and the left side's colour derived by a lightness shift
+where a pair's colours are closer than ``MIN_LATERAL_DELTA_E``.
+
 Names come from TotalSegmentator (v1 names of MONAI's wholeBody bundle and v2 names), the CLIP-Driven
 Universal Model (universal32), BTCV and the VISTA3D label dictionary; each structure appears once. The file
 this writes is the shipped resource: edit synonyms here and re-run, never by hand.
@@ -23,6 +27,7 @@ import csv
 import json
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,6 +37,9 @@ GA_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 TS_CONTEXT = "Segmentation category and type - Total Segmentator"
 OUR_CONTEXT = "Segmentation category and type - TextGuidedSeg"
 REGION_CONTEXT = "Anatomic codes - DICOM master list"
+sys.path.insert(0, str(ROOT))
+from TextGuidedSegLib.taxonomy.colors import MIN_LATERAL_DELTA_E, delta_e76, shifted_lightness  # noqa: E402
+
 SIDES = {"right": ("SCT", "24028007", "Right"), "left": ("SCT", "7771000", "Left")}
 
 # TotalSegmentator name -> our class name, where the generic rule (side word first) reads badly or where
@@ -267,6 +275,28 @@ def side_of(terminology: dict) -> str | None:
     return {"24028007": "right", "7771000": "left"}.get(modifier["value"])
 
 
+def lateral_colours(entries: dict[str, dict], ts_colours: dict[str, list[int]]) -> list[str]:
+    """Give the sides of each lateral pair colours a person tells apart (see ``taxonomy/colors.py``).
+
+    Lateral structures take TotalSegmentator's colour; where a ``right_X``/``left_X`` pair is then closer than
+    ``MIN_LATERAL_DELTA_E``, ``left_X`` gets the right side's colour shifted in lightness. Returns the class
+    names whose colour was derived.
+    """
+    for class_name, entry in entries.items():
+        if class_name.startswith(("right_", "left_")) and class_name in ts_colours and entry["terminology"]:
+            entry["terminology"]["color"] = list(ts_colours[class_name])
+    derived = []
+    for class_name, entry in sorted(entries.items()):
+        left = entries.get("left_" + class_name.removeprefix("right_"))
+        if not class_name.startswith("right_") or left is None or not entry["terminology"]:
+            continue
+        right_colour = entry["terminology"]["color"]
+        if delta_e76(right_colour, left["terminology"]["color"]) < MIN_LATERAL_DELTA_E:
+            left["terminology"]["color"] = list(shifted_lightness(right_colour))
+            derived.append(left["class_name"])
+    return derived
+
+
 def universal32_source() -> dict:
     """The curated universal32 structures as first shipped (full records), from git history."""
     text = subprocess.run(
@@ -279,6 +309,7 @@ def universal32_source() -> dict:
 def main() -> None:
     ga = load_ga()
     entries: dict[str, dict] = {}
+    ts_colours: dict[str, list[int]] = {}
 
     # 1. universal32 (curated names, synonyms, lesion coding)
     for s in universal32_source()["structures"]:
@@ -311,6 +342,7 @@ def main() -> None:
                 "parts": [],
             }
         entry["aliases"].append(ts)
+        ts_colours.setdefault(class_name, terminology["color"])
         spaced = ts.replace("_", " ")
         if side is not None:
             spaced = " ".join([side, *[w for w in ts.split("_") if w != side]])
@@ -376,7 +408,11 @@ def main() -> None:
             letter, number = m.group(1).upper(), m.group(2)
             entry["synonyms"] += [f"{letter}{number}", f"{REGIONS[letter]} vertebra {number}"]
 
-    # 5. the VISTA3D label dictionary must resolve (checked here and by the tests)
+    # 5. lateral pairs: colours a person tells apart
+    derived = lateral_colours(entries, ts_colours)
+    print(f"derived the colour of {len(derived)} left structures: {', '.join(derived)}")
+
+    # 6. the VISTA3D label dictionary must resolve (checked here and by the tests)
     order = sorted(entries.values(), key=lambda e: (e["terminology"] is None, e["class_name"]))
     for entry in order:
         entry["aliases"] = sorted(set(entry["aliases"]) - {entry["class_name"]}, key=str.casefold)
@@ -389,7 +425,9 @@ def main() -> None:
         "description": (
             "Every structure the library's models know, once: class_name, display name, laterality, "
             "synonyms (what users type), aliases (label names of published models), parts, and one Slicer "
-            "terminology entry (codes and recommended colour). Built by Testing/tools/build_anatomy.py."
+            "terminology entry (codes and recommended colour). Built by Testing/tools/build_anatomy.py; "
+            "lateral structures take TotalSegmentator's colours, the left side shifted in lightness where a "
+            "pair's colours are too close (TextGuidedSegLib/taxonomy/colors.py)."
         ),
         "contexts": {
             GA_CONTEXT: "3D Slicer's General Anatomy list (SegmentationCategoryTypeModifier-"

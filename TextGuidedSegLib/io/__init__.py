@@ -2,10 +2,11 @@
 
 A :class:`Volume` is an ``(I, J, K)`` float32 array with a ``(4, 4)`` voxel-to-RAS millimetre affine.
 SimpleITK's LPS geometry and ``(K, J, I)`` arrays are converted in :mod:`TextGuidedSegLib.io.itk_geometry`
-only.
+only. :func:`save_seg_nrrd` writes 3D Slicer segmentation files (names, colours, terminology).
 """
 
 from TextGuidedSegLib.io.readers import load_volume
+from TextGuidedSegLib.io.seg_nrrd import save_seg_nrrd
 from TextGuidedSegLib.io.volume import READ_EXTENSIONS, WRITE_EXTENSIONS, Volume, VolumeReadError
 from TextGuidedSegLib.io.writers import save_label_map, save_volume
 
@@ -16,5 +17,6 @@ __all__ = [
     "VolumeReadError",
     "load_volume",
     "save_label_map",
+    "save_seg_nrrd",
     "save_volume",
 ]

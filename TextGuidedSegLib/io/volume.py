@@ -10,7 +10,7 @@ import numpy as np
 
 #: File endings ``load_volume`` reads (a folder, or one file of it, holding a DICOM series is read too).
 READ_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".dcm")
-#: File endings ``save_label_map`` and ``save_volume`` write (``.seg.nrrd`` is written as a plain NRRD).
+#: File endings ``save_label_map`` and ``save_volume`` write (``.seg.nrrd`` files: :func:`io.save_seg_nrrd`).
 WRITE_EXTENSIONS: tuple[str, ...] = (".nii", ".nii.gz", ".nrrd")
 
 

@@ -24,8 +24,8 @@ def save_label_map(path: str | Path, labels: np.ndarray, reference: Volume) -> P
     """Write an integer label map on exactly the reference volume's grid (same shape, same affine).
 
     Args:
-        path: output file, ``.nii``, ``.nii.gz`` (nibabel) or ``.nrrd`` (SimpleITK; ``.seg.nrrd`` gives a
-            plain label-map NRRD). The folder is created when missing.
+        path: output file, ``.nii``, ``.nii.gz`` (nibabel) or ``.nrrd`` (SimpleITK). The folder is created
+            when missing. A ``.seg.nrrd`` needs segment names: write it with :func:`save_seg_nrrd`.
         labels: ``(I, J, K)`` integer or bool array of label ids (0 = background), on ``reference``'s grid.
         reference: the volume the labels belong to; a NIfTI reference's qform/sform codes are kept.
 
@@ -36,8 +36,13 @@ def save_label_map(path: str | Path, labels: np.ndarray, reference: Volume) -> P
 
     Raises:
         ValueError: ``labels`` is not on the reference grid (both shapes named), not integer, negative, above
-            65535, or ``path`` has an unsupported ending.
+            65535, or ``path`` has an unsupported ending (or ``.seg.nrrd``).
     """
+    if Path(path).name.lower().endswith(".seg.nrrd"):
+        raise ValueError(
+            f"{path}: a .seg.nrrd is a Slicer segmentation with segment names, colours and terminology; "
+            "write it with TextGuidedSegLib.io.save_seg_nrrd (or SegmentationResult.save), or use .nrrd"
+        )
     labels = np.asarray(labels)
     _check_on_grid(labels, reference, "label map")
     if labels.dtype != np.bool_ and not np.issubdtype(labels.dtype, np.integer):
