@@ -123,6 +123,18 @@ def test_info_describes_the_bundle(make_bundle, capsys) -> None:
     assert summary["cached_prompts"] == 5
 
 
+def test_info_load_builds_the_model_and_counts_its_parameters(make_bundle, capsys) -> None:
+    from TextGuidedSegLib.bundle import load_bundle
+
+    bundle = make_bundle(architecture="film_v1")
+    assert main(["info", str(bundle), "--load"]) == 0
+    assert "(checksums verified, model loaded)" in capsys.readouterr().out
+    assert main(["info", str(bundle), "--load", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["loaded"] is True
+    assert summary["parameters"] == sum(p.numel() for p in load_bundle(bundle).model.parameters())
+
+
 def test_encode_prompts_builds_and_extends_a_cache(tmp_path: Path) -> None:
     from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCache, TextEncoderSpec
     from TextGuidedSegLib.text.testing import make_tiny_clip_text_model

@@ -185,3 +185,79 @@ def test_help_imports_neither_torch_nor_monai(argv: list[str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "usage: textguidedseg" in result.stdout
+
+
+#: Commands that must answer before torch or MONAI are imported: (argv, exit status, what stderr/stdout
+#: names). ``{tmp}`` is a fresh folder; ``{full}`` a folder holding a file.
+QUICK_ANSWERS = {
+    "bad suffix": (
+        ["segment", "ct.nii.gz", "-p", "liver", "-o", "{tmp}/seg.png"],
+        2,
+        "-o/--output {tmp}/seg.png: the label map must end in one of .nii.gz",
+    ),
+    "missing input": (
+        ["segment", "{tmp}/missing.nii.gz", "-p", "liver", "-o", "{tmp}/seg.nii.gz"],
+        2,
+        "input {tmp}/missing.nii.gz: no such file or folder",
+    ),
+    "existing output": (
+        ["segment", "{full}/ct.nii.gz", "-p", "liver", "-o", "{full}/ct.nii.gz"],
+        2,
+        "-o/--output {full}/ct.nii.gz already exists; pass --overwrite",
+    ),
+    "bad option": (
+        ["segment", "{full}/ct.nii.gz", "-p", "liver", "-o", "{tmp}/seg.nii.gz", "--overlap", "1.5"],
+        2,
+        "--overlap 1.5: overlap must be in [0, 1)",
+    ),
+    "unknown bundle": (
+        ["segment", "{full}/ct.nii.gz", "-p", "liver", "-o", "{tmp}/seg.nii.gz", "-b", "no_such_bundle"],
+        2,
+        "bundle 'no_such_bundle' is no file or folder",
+    ),
+    "demo into a full folder": (["demo", "-o", "{full}"], 2, "-o/--output {full} is not empty"),
+    "demo missing input": (["demo", "-o", "{tmp}/d", "-i", "{tmp}/ct.nrrd"], 2, "-i/--input {tmp}/ct.nrrd"),
+    "evaluate missing list": (
+        ["evaluate", "-b", "demo_phantom_film_v1", "-l", "{tmp}/list.txt", "-o", "{tmp}/r"],
+        2,
+        "-l/--list {tmp}/list.txt: no such file",
+    ),
+    "phantoms count": (["phantoms", "-o", "{tmp}/p", "-n", "0"], 2, "-n/--count must be >= 1, got 0"),
+    "encode-prompts missing file": (
+        ["encode-prompts", "-o", "{tmp}/c", "--prompts-file", "{tmp}/p.txt"],
+        2,
+        "--prompts-file {tmp}/p.txt: no such file",
+    ),
+    "clipseg-bench missing volume": (
+        ["clipseg-bench", "-o", "{tmp}/b", "--volumes", "{tmp}/ct.nii.gz,{tmp}/seg.nii.gz"],
+        2,
+        "{tmp}/ct.nii.gz: no such file",
+    ),
+    "info": (["info", "demo_phantom_film_v1"], 0, "demo_phantom_film_v1 v0.1.0 (checksums verified)"),
+    "info --json": (["info", "demo_phantom_film_v1", "--json"], 0, '"intended_use": "phantom"'),
+}
+
+
+@pytest.mark.parametrize("case", list(QUICK_ANSWERS))
+def test_errors_and_info_answer_without_torch_or_monai(case: str, tmp_path: Path) -> None:
+    """Each verb checks its arguments and paths before the model stack is imported (timing: bench_startup)."""
+    argv, status, expected = QUICK_ANSWERS[case]
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "ct.nii.gz").write_bytes(b"not read")
+    fill = {"tmp": str(tmp_path / "work"), "full": str(full)}
+    code = (
+        "import sys; from TextGuidedSegLib.cli import main\n"
+        "status = main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'monai') if m in sys.modules]\n"
+        "assert not heavy, f'{heavy} imported'\n"
+        "sys.exit(status)"
+    )
+    words = [word.format(**fill) for word in argv]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *words], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == status, result.stderr
+    assert expected.format(**fill) in (result.stderr if status else result.stdout)
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full"]  # nothing written

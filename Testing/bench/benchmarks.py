@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_startup import BENCHMARKS as STARTUP_BENCHMARKS  # issue 16: --help, errors, info under 1 s
 from common import (  # noqa: I001  (Testing/bench on sys.path)
     CT,
     CT_SMALL,
@@ -54,6 +55,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "five_prompts": {"fs": 12, "roi": 64, "grid": (64, 64, 64), "repeats": 2},
         "rss_fs48": {"grid": (244, 202, 64), "overlap": 0.0},
         "clipseg_cache": {"size": "moderate", "steps": 8},
+        "startup": {"repeats": 5},
     },
     "full": {
         "postprocess_25": {
@@ -71,6 +73,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "five_prompts": {"fs": 48, "roi": 96, "grid": (96, 96, 96), "repeats": 3},
         "rss_fs48": {"grid": (244, 202, 224), "overlap": 0.0},
         "clipseg_cache": {"size": "moderate", "steps": 8},
+        "startup": {"repeats": 11},
     },
 }
 
@@ -343,8 +346,13 @@ BENCHMARKS = {
     "rss_fs48_1": ("peak RSS, whole volume, fs 48, 1 prompt", "report", None, lambda p: rss_fs48(p, 1)),
     "rss_fs48_5": ("peak RSS, whole volume, fs 48, 5 prompts", "report", None, lambda p: rss_fs48(p, 5)),
     "clipseg_cache": ("CLIPSeg frozen-encoder cache, steps/s cached vs uncached", ">=", 5.0, clipseg_cache),
+    **STARTUP_BENCHMARKS,
 }
-SIZE_KEY = {"rss_fs48_1": "rss_fs48", "rss_fs48_5": "rss_fs48"}
+SIZE_KEY = {
+    "rss_fs48_1": "rss_fs48",
+    "rss_fs48_5": "rss_fs48",
+    **dict.fromkeys(STARTUP_BENCHMARKS, "startup"),
+}
 
 
 def run(name: str, size: str) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import typing
+from pathlib import Path
 
 from TextGuidedSegLib.inference.options import DEVICE_HELP, SegmentationOptions
 
@@ -29,6 +30,7 @@ __all__ = [
     "add_options_arguments",
     "add_output_argument",
     "add_progress_argument",
+    "existing_path",
     "flag",
     "options_from_args",
 ]
@@ -39,6 +41,17 @@ _BUNDLES = "(default: None, the bundle's value)"
 def flag(name: str) -> str:
     """The command-line flag of an option field: ``flip_tta`` -> ``--flip-tta``."""
     return "--" + name.replace("_", "-")
+
+
+def existing_path(value: str | Path, argument: str, kind: str = "file or folder") -> Path:
+    """``value`` as a Path once it exists, checked before any heavy import; else FileNotFoundError naming the
+    ``argument`` (``"input"``, ``"--list"``) and the path."""
+    path = Path(value)
+    exists = path.is_file() if kind == "file" else path.is_dir() if kind == "folder" else path.exists()
+    if not exists:
+        found = " (it is a folder)" if kind == "file" and path.is_dir() else ""
+        raise FileNotFoundError(f"{argument} {path}: no such {kind}{found}")
+    return path
 
 
 def _device(value: str) -> str:

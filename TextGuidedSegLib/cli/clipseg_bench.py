@@ -13,7 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from TextGuidedSegLib.cli.arguments import add_device_argument, add_output_argument, add_progress_argument
+from TextGuidedSegLib.cli.arguments import (
+    add_device_argument,
+    add_output_argument,
+    add_progress_argument,
+    existing_path,
+)
 
 # The trainer places each torchrun rank on its own GPU, so it takes no device index (nor mps).
 TRAINING_DEVICES = ("auto", "cpu", "cuda")
@@ -47,17 +52,27 @@ def _volume_cases(specs: Sequence[str], dataset: str | None, flag: str) -> list:
 
 def run(args: argparse.Namespace) -> int:
     """Train every CLIPSeg strategy on the same slices and seed; write report.md, dice_vs_time.png."""
+    if args.device not in TRAINING_DEVICES:  # the arguments torch is not needed for are checked first
+        raise ValueError(
+            f"--device {args.device}: training takes {', '.join(TRAINING_DEVICES)} (under torchrun each "
+            "process uses its own GPU); use --device cuda with CUDA_VISIBLE_DEVICES to pick one"
+        )
+    if args.config is not None:
+        existing_path(args.config, "--config", "file")
+    for flag, specs in (("--volumes", args.volumes), ("--val-volumes", args.val_volumes)):
+        for spec in specs or []:
+            for part in spec.split(",")[:2]:
+                existing_path(part, f"{flag} {spec!r}:", "file")
+    for flag, lists in (("--train-list", args.train_list), ("--val-list", args.val_list)):
+        for list_file in lists or []:
+            existing_path(list_file, flag, "file")
+
     from TextGuidedSegLib.clipseg.bench import run_bench, write_report
     from TextGuidedSegLib.clipseg.data import SliceConfig, build_slice_set, cases_from_lists
     from TextGuidedSegLib.clipseg.model import STRATEGIES, CLIPSegNet
     from TextGuidedSegLib.clipseg.testing import make_tiny_clipseg
     from TextGuidedSegLib.clipseg.train import load_clipseg_config
 
-    if args.device not in TRAINING_DEVICES:
-        raise ValueError(
-            f"--device {args.device}: training takes {', '.join(TRAINING_DEVICES)} (under torchrun each "
-            "process uses its own GPU); use --device cuda with CUDA_VISIBLE_DEVICES to pick one"
-        )
     output = Path(args.output)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     unknown = [s for s in strategies if s not in STRATEGIES]

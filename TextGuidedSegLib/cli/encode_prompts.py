@@ -11,28 +11,32 @@ import argparse
 import logging
 from pathlib import Path
 
-from TextGuidedSegLib.cli.arguments import add_device_argument, add_output_argument
+from TextGuidedSegLib.cli.arguments import add_device_argument, add_output_argument, existing_path
 
 logger = logging.getLogger("textguidedseg")
 
 
 def run(args: argparse.Namespace) -> int:
     """Encode prompts with a CLIP text encoder into an embedding cache folder (adds to an existing one)."""
-    from TextGuidedSegLib.inference import resolve_device
     from TextGuidedSegLib.taxonomy import get_taxonomy
-    from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCache, TextEncoderSpec
 
-    prompts = list(args.prompts)
+    prompts = list(args.prompts)  # every argument is checked before torch is imported
     if args.prompts_file:
-        path = Path(args.prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"--prompts-file {path} does not exist")
+        path = existing_path(args.prompts_file, "--prompts-file", "file")
         prompts += [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not prompts:
         prompts = get_taxonomy(args.taxonomy).prompts
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    output = Path(args.output)
+    if output.exists() and not output.is_dir():
+        raise FileExistsError(f"-o/--output {output} is a file; the cache is a folder")
+
+    from TextGuidedSegLib.inference import resolve_device
+    from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCache, TextEncoderSpec
+
     spec = TextEncoderSpec(args.encoder, output=args.output_kind)
     encoder = CLIPTextEncoder(spec, device=resolve_device(args.device))
-    output = Path(args.output)
     if (output / "embeddings.json").exists():
         cache = EmbeddingCache.load(output, expected_encoder_id=encoder.identity)
     else:

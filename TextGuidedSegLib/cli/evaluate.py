@@ -2,19 +2,19 @@
 
 Example::
 
-    textguidedseg evaluate --bundle demo_bundle --list phantoms/phantom.txt -o eval_report
+    textguidedseg evaluate --bundle demo_phantom_film_v1 --list phantoms/phantom.txt -o eval_report
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 
 from TextGuidedSegLib.cli.arguments import (
     add_options_arguments,
     add_output_argument,
     add_progress_argument,
+    existing_path,
     options_from_args,
 )
 from TextGuidedSegLib.cli.bundles import BUNDLE_HELP, resolve_bundle
@@ -24,19 +24,19 @@ logger = logging.getLogger("textguidedseg")
 
 def run(args: argparse.Namespace) -> int:
     """Segment every case of a list file and score it against its labels (Dice, NSD); write a report."""
+    options = options_from_args(args)  # every argument is checked before torch and MONAI are imported
+    list_file = existing_path(args.list, "-l/--list", "file")
+    if args.data_root is not None:
+        existing_path(args.data_root, "--data-root", "folder")
+    if args.nsd_tolerance < 0:
+        raise ValueError(f"--nsd-tolerance must be a distance in mm >= 0, got {args.nsd_tolerance}")
+    bundle_path = resolve_bundle(args.bundle)
+
     from TextGuidedSegLib.bundle import load_bundle
     from TextGuidedSegLib.evaluation import evaluate
     from TextGuidedSegLib.inference import Segmenter
 
-    options = options_from_args(args)
-    list_file = Path(args.list)
-    if not list_file.is_file():
-        raise FileNotFoundError(f"--list {list_file} does not exist")
-    if args.data_root is not None and not Path(args.data_root).is_dir():
-        raise FileNotFoundError(f"--data-root {args.data_root} is not a folder")
-    if args.nsd_tolerance < 0:
-        raise ValueError(f"--nsd-tolerance must be a distance in mm >= 0, got {args.nsd_tolerance}")
-    bundle = load_bundle(resolve_bundle(args.bundle))
+    bundle = load_bundle(bundle_path)
     report = evaluate(
         bundle,
         list_file,

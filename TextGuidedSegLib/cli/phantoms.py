@@ -17,10 +17,16 @@ logger = logging.getLogger("textguidedseg")
 
 def run(args: argparse.Namespace) -> int:
     """Write procedural CT phantoms (images, label maps, list file) for training, evaluation and demos."""
-    from TextGuidedSegLib.data.phantom import PhantomConfig, write_phantoms
-
     if args.count < 1:
         raise ValueError(f"-n/--count must be >= 1, got {args.count}")
+    for name, values in (("--shape", args.shape), ("--spacing", args.spacing)):
+        if min(values) <= 0:
+            raise ValueError(f"{name} must be 3 positive values, got {' '.join(str(v) for v in values)}")
+    if args.noise_hu < 0:
+        raise ValueError(f"--noise-hu must be a standard deviation >= 0, got {args.noise_hu}")
+
+    from TextGuidedSegLib.data.phantom import PhantomConfig, write_phantoms
+
     config = PhantomConfig(shape=tuple(args.shape), spacing=tuple(args.spacing), noise_hu=args.noise_hu)
     list_file = write_phantoms(args.output, args.count, config, seed=args.seed, progress=not args.no_progress)
     logger.info("wrote %d phantom(s) and %s", args.count, list_file)

@@ -15,6 +15,7 @@ from TextGuidedSegLib.cli.arguments import (
     add_options_arguments,
     add_output_argument,
     add_progress_argument,
+    existing_path,
     options_from_args,
 )
 from TextGuidedSegLib.cli.bundles import DEFAULT_BUNDLE_HELP, default_bundle, resolve_bundle
@@ -34,30 +35,24 @@ def _label_map_stem(path: Path) -> tuple[Path, str]:
 
 def run(args: argparse.Namespace) -> int:
     """Segment one CT and write the label map, its JSON sidecar and optional probability maps."""
-    from TextGuidedSegLib.bundle import load_bundle
-    from TextGuidedSegLib.inference import Segmenter
-    from TextGuidedSegLib.inference.outputs import write_segmentation
-    from TextGuidedSegLib.io import load_volume
-
+    # Every argument is checked before torch and MONAI are imported, so a mistake is reported at once.
     options = options_from_args(args)
     output = Path(args.output)
     _label_map_stem(output)  # fail on a bad suffix before any work
     if output.exists() and not args.overwrite:
         raise FileExistsError(f"-o/--output {output} already exists; pass --overwrite to replace it")
+    existing_path(args.input, "input")
     bundle_path = resolve_bundle(args.bundle) if args.bundle is not None else default_bundle()
+
+    from TextGuidedSegLib.bundle import load_bundle
+    from TextGuidedSegLib.inference import Segmenter
+    from TextGuidedSegLib.io import load_volume
+
     volume = load_volume(args.input)
     bundle = load_bundle(bundle_path)
     segmenter = Segmenter(bundle, options, progress=not args.no_progress)
-    result = segmenter.segment(volume, args.prompt)
-    files = write_segmentation(
-        output,
-        result,
-        volume,
-        bundle,
-        prompt=args.prompt,
-        threshold=segmenter.threshold,
-        input=Path(args.input),
-    )
+    result = segmenter.segment(volume, args.prompt)  # a caveat of the bundle on this CT is logged (WARNING)
+    files = result.save(output)
     for segment in result.segments:
         logger.info("%2d %-28s %10.1f mL", segment.label_id, segment.name, segment.volume_ml)
     logger.info("wrote %s and %s", files.label_map, files.sidecar)
@@ -72,7 +67,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--prompt", "-p", required=True, help='structures to segment, e.g. "liver and both kidneys"'
     )
     segment.add_argument("--bundle", "-b", help=DEFAULT_BUNDLE_HELP)
-    add_output_argument(segment, "label map to write (.nii.gz, .nii or .nrrd)")
+    add_output_argument(segment, "label map to write (.nii.gz, .nii, .nrrd; .seg.nrrd: Slicer segmentation)")
     segment.add_argument("--overwrite", action="store_true", help="replace existing output files")
     add_progress_argument(segment)
     add_options_arguments(segment)
