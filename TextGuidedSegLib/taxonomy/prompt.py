@@ -177,7 +177,8 @@ def _free_text(text: str, tokens: list[Token], fragment: list[int]) -> str:
 
 
 def _vocabulary_summary(taxonomy: Taxonomy) -> str:
-    return ", ".join(f"{s.class_name} ({s.name})" for s in taxonomy)
+    """The structures' display names, as a user types them: "Liver, Spleen, Right Kidney"."""
+    return ", ".join(s.name for s in taxonomy)
 
 
 def _suggestions(index: PhraseIndex, unknown: list[str]) -> str:
@@ -190,7 +191,7 @@ def _suggestions(index: PhraseIndex, unknown: list[str]) -> str:
             ):
                 if hit not in close:
                     close.append(hit)
-    return f"; did you mean {', '.join(repr(c) for c in close[:5])}?" if close else ""
+    return f" Did you mean {', '.join(repr(c) for c in close[:5])}?" if close else ""
 
 
 def parse_prompt(
@@ -292,15 +293,17 @@ def parse_prompt(
                 add("\0" + phrase.casefold(), query)
 
     if unrecognised and not allow_free_text:
+        named = " and ".join(repr(u) for u in unrecognised)
         raise PromptError(
-            f"could not recognise {', '.join(repr(u) for u in unrecognised)} in prompt {text!r}"
-            f"{_suggestions(index, unrecognised)} Free text is not allowed here; taxonomy {taxonomy.name!r} "
-            f"knows: {_vocabulary_summary(taxonomy)}"
+            f"could not recognise {named} in the prompt {text!r}: "
+            f"{'it is not a structure' if len(unrecognised) == 1 else 'they are not structures'} this model "
+            "knows, and free text cannot be used here (only a bundle with a text encoder can encode it)."
+            f"{_suggestions(index, unrecognised)} It knows: {_vocabulary_summary(taxonomy)}."
         )
     if not queries:
         raise PromptError(
-            f"prompt {text!r} names no structure to segment; taxonomy {taxonomy.name!r} knows: "
-            f"{_vocabulary_summary(taxonomy)}"
+            f"the prompt {text!r} names no structure to segment. This model knows: "
+            f"{_vocabulary_summary(taxonomy)}."
         )
     return queries
 
