@@ -37,7 +37,7 @@ bench: $(STAMP)
 	$(PY) Testing/bench/run_all.py $(BENCH_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/textguidedseg demo -o $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)")
+	$(VENV)/bin/textguidedseg demo --overwrite -o $(DEMO_OUT) $(if $(INPUT),--input "$(INPUT)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

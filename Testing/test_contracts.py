@@ -14,6 +14,7 @@ import torch
 from conftest import REPO_ROOT
 
 from TextGuidedSegLib.bundle import (
+    BUNDLE_FORMAT_VERSION,
     EXTERNAL_ARCHITECTURES,
     BundleConfig,
     BundleError,
@@ -191,10 +192,10 @@ def _edit_config(path: Path, **changes) -> None:
 
 def test_a_current_bundle_loads_without_a_warning(make_bundle, caplog: pytest.LogCaptureFixture) -> None:
     path = make_bundle()
-    assert json.loads((path / "config.json").read_text())["format_version"] == 1
+    assert json.loads((path / "config.json").read_text())["format_version"] == BUNDLE_FORMAT_VERSION
     with caplog.at_level(logging.WARNING):
         bundle = load_bundle(path)
-    assert bundle.config.format_version == 1
+    assert bundle.config.format_version == BUNDLE_FORMAT_VERSION
     assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
@@ -204,9 +205,10 @@ def test_an_older_format_is_migrated_with_a_warning(make_bundle, caplog: pytest.
     _edit_config(path, format_version=None)  # format 0: no format_version key
     with caplog.at_level(logging.WARNING, logger="TextGuidedSegLib.bundle"):
         bundle = load_bundle(path)
-    assert bundle.config == reference.config and bundle.config.format_version == 1
+    assert bundle.config == reference.config and bundle.config.format_version == BUNDLE_FORMAT_VERSION
     (record,) = [r for r in caplog.records if r.levelno == logging.WARNING]
-    assert f"{path}/config.json: bundle format 0 is older than the current 1" in record.getMessage()
+    current = f"the current {BUNDLE_FORMAT_VERSION}"
+    assert f"{path}/config.json: bundle format 0 is older than {current}" in record.getMessage()
 
 
 def test_a_newer_format_is_refused_naming_the_file_and_version(make_bundle) -> None:

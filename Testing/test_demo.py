@@ -152,17 +152,20 @@ def test_demo_command_passes_its_options(tmp_path: Path, monkeypatch, capsys) ->
     monkeypatch.setattr(demo, "run_demo", fake_run_demo)
     bundle = tmp_path / "b.zip"
     bundle.touch()  # --bundle is resolved (a path, registry or installed name) before the demo runs
-    args = ["demo", "-o", str(tmp_path), "--input", "ct.nii.gz", "-p", "liver", "-b", str(bundle)]
+    monkeypatch.chdir(tmp_path)
+    Path("ct.nii.gz").touch()  # --input and -o are checked before the demo runs
+    args = ["demo", "-o", str(tmp_path / "out"), "--input", "ct.nii.gz", "-p", "liver", "-b", str(bundle)]
     args += ["--seed", "3", "--precision", "bfloat16"]
     assert main([*args, "--device", "cpu", "--overlap", "0.25", "--no-progress"]) == 0
     assert calls == {
-        "output_dir": str(tmp_path),
+        "output_dir": str(tmp_path / "out"),
         "bundle": bundle,
         "input": "ct.nii.gz",
         "prompt": "liver",
         "seed": 3,
         "options": SegmentationOptions(device="cpu", overlap=0.25, precision="bfloat16"),
         "progress": False,
+        "overwrite": False,
     }
     assert "| 1 | Liver | 10 | 0.3 |" in capsys.readouterr().out
 

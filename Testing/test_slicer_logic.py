@@ -286,7 +286,10 @@ def test_names_codes_and_colours_match_slicer_general_anatomy(slicer_run, slicer
             assert "Modifier" not in slicer_type
         assert segment.GetName().casefold() == described["3dSlicerLabel"].casefold()
         colour = [round(c * 255) for c in segment.GetColor()]
-        assert colour == described["recommendedDisplayRGBValue"], segment.GetName()
+        sidecar = next(s for s in run.sidecar["segments"] if s["name"] == segment.GetName())
+        assert colour == sidecar["color"], segment.GetName()  # the CLI's, PNG's and sidecar's colour
+        if not modifier.GetCodeValue():  # the sides of a pair get distinct colours (taxonomy/colors.py)
+            assert colour == described["recommendedDisplayRGBValue"], segment.GetName()
 
 
 @DATASETS
@@ -325,9 +328,15 @@ def test_results_table_lists_volume_and_mean_hu(slicer_run, dataset):
     voxels_ijk = slicer.util.arrayFromVolume(run.volume_node).transpose(2, 1, 0)
     voxel_ml = abs(np.linalg.det(run.geometry_before[:3, :3])) / 1000.0
     assert [table.GetColumn(c).GetName() for c in range(table.GetNumberOfColumns())] == [
-        "Segment", "Volume (mL)", "Mean (HU)", "Voxels"
+        "Segment", "Volume (mL)", "Mean (HU)", "Voxels", "Caveat"
     ]  # fmt: skip
     assert table.GetNumberOfRows() == 4
+    # a research bundle (tiny_slicer's default intended_use) on a real CT: the caveat on every row
+    (warning,) = run.sidecar["warnings"]
+    assert "research model, not validated" in warning
+    assert "research model, not validated" in run.outputs.table_node.GetAttribute("TextGuidedSeg.Warnings")
+    for row in range(4):
+        assert table.GetValue(row, 4).ToString() == "research model, not validated: check the result"
     for row, label_id in zip(range(4), range(1, 5), strict=True):
         mask = run.cli_labels == label_id
         assert table.GetValue(row, 0).ToString() == run.sidecar["segments"][row]["name"]

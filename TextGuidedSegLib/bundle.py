@@ -17,7 +17,8 @@ Every bundle's model is a :class:`~TextGuidedSegLib.models.BundleModel`: it writ
 embedding cache work as for every bundle.
 
 ``config.json`` carries a ``format_version``: an older one is upgraded in memory by :func:`_migrate`, with a
-warning; a newer one is refused, naming the file and the version.
+warning; a newer one is refused, naming the file and the version. Format 2 added ``intended_use``
+(:data:`INTENDED_USES`): what the bundle is fit for, which the ``Segmenter`` turns into a caveat on real CT.
 """
 
 from __future__ import annotations
@@ -50,7 +51,15 @@ from TextGuidedSegLib.text import EmbeddingCache, TextEncoderSpec
 
 logger = logging.getLogger(__name__)
 
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2
+#: What a bundle is fit for (``BundleConfig.intended_use``) -> what that means, in a user's words. The first
+#: three are not validated on real CT: the ``Segmenter`` says so in its warnings when they run on one.
+INTENDED_USES: dict[str, str] = {
+    "phantom": "trained on procedural CT phantoms only; it has never seen a real CT",
+    "synthetic": "a toy model (synthetic text embeddings or random weights), for trying the software only",
+    "research": "a research model, not validated: check every result before using it",
+    "published": "a published model (e.g. MONAI model zoo, CLIP-Driven Universal Model) used as released",
+}
 CONFIG_FILE = "config.json"
 CACHE_DIR = "text_cache"
 GLOBAL_PROMPT = "A Computed Tomography of abdomen organ"
@@ -228,6 +237,11 @@ class BundleConfig:
         global_prompt: the conditioning prompt of a global-mode model.
         preprocessing: spacing and HU window.
         inference: sliding-window defaults.
+        intended_use: what the bundle is fit for, one of :data:`INTENDED_USES`: "phantom" (trained on
+            procedural phantoms), "synthetic" (toy: synthetic embeddings or random weights), "research" (not
+            validated; the default, and what bundles of format 1 get unless their description names
+            phantoms) or "published" (a published model as released). Anything but "published" makes the
+            ``Segmenter`` warn when it runs on a real CT.
         format_version: version of this file layout (not of the weights).
     """
 
@@ -241,9 +255,14 @@ class BundleConfig:
     global_prompt: str = GLOBAL_PROMPT
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    intended_use: str = "research"
     format_version: int = BUNDLE_FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.intended_use not in INTENDED_USES:
+            raise ValueError(
+                f"intended_use must be one of {', '.join(INTENDED_USES)}, got {self.intended_use!r}"
+            )
         if self.model.output == "channels" and self.model.num_classes != len(self.taxonomy):
             raise ValueError(
                 f"model.num_classes is {self.model.num_classes} but the taxonomy has {len(self.taxonomy)} "
@@ -298,8 +317,15 @@ def _format_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "format_version": 1}
 
 
+def _format_1_to_2(data: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 adds ``intended_use``. A format-1 bundle is "phantom" when its description names phantoms (the
+    trainer's export wrote the training lists there), else "research": nothing says it was validated."""
+    described = str(data.get("description", "")).lower()
+    return {**data, "intended_use": "phantom" if "phantom" in described else "research", "format_version": 2}
+
+
 #: ``format_version`` -> the step that upgrades a ``config.json`` of that version to the next one.
-_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _format_0_to_1}
+_MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _format_0_to_1, 1: _format_1_to_2}
 
 
 def _migrate(data: dict[str, Any], where: str = CONFIG_FILE) -> dict[str, Any]:
@@ -342,12 +368,15 @@ class Bundle:
         model: the model, built from ``config.model`` with the bundle's weights loaded.
         cache: prompt -> embedding cache shipped with the bundle (may be empty for text-free models).
         source: where the bundle was loaded from (folder or .zip).
+        sha256: the bundle's checksum: of the .zip, or of a folder's ``config.json`` (which records the
+            sha256 of every other file); None for a bundle built in memory.
     """
 
     config: BundleConfig
     model: BundleModel
     cache: EmbeddingCache
     source: Path | None = None
+    sha256: str | None = None
 
     @property
     def vocabulary(self) -> list[str]:
@@ -512,7 +541,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
     Never unpickles: config is JSON, weights and embeddings are safetensors.
 
     Args:
-        path: bundle folder, or a .zip holding one.
+        path: bundle folder, a .zip holding one, or the name of a registry entry or installed bundle
+            (``load_bundle("demo_phantom_film_v1")``; see ``textguidedseg bundles list``; never downloads).
         verify: check every file against the sha256 recorded in ``config.json``.
 
     Returns:
@@ -520,13 +550,19 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 
     Raises:
         BundleError: the bundle is missing a file, was modified, or its config does not match its weights.
+        RegistryError: ``path`` is neither a file nor a known name, or names a bundle not installed yet.
     """
     source = Path(path)
+    if not source.exists() and (len(source.parts) > 1 or source.suffix == ".zip"):
+        raise BundleError(f"bundle {source} does not exist (pass a bundle folder, a .zip or a registry name)")
     if not source.exists():
-        raise BundleError(f"bundle {source} does not exist (pass a bundle folder or a .zip)")
+        from TextGuidedSegLib.registry import BundleStore  # a registry name or an installed bundle's name
+
+        source = BundleStore().resolve(str(path))
     with tempfile.TemporaryDirectory(prefix="textguidedseg-bundle-") as tmp:
         folder = _extract_zip(source, Path(tmp)) if source.is_file() else source
         config, checksums = _read_config(folder, source)
+        digest = sha256_file(source if source.is_file() else folder / CONFIG_FILE)
         if verify:
             _verify_checksums(folder, checksums, source)
         external = _external_module(config.model.architecture)
@@ -547,7 +583,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             f"text_dim {config.model.text_dim}"
         )
     logger.info("loaded bundle %r v%s from %s", config.name, config.version, source)
-    return Bundle(config=config, model=model, cache=cache, source=source)
+    return Bundle(config=config, model=model, cache=cache, source=source, sha256=digest)
 
 
 def bundle_summary(bundle: Bundle) -> dict[str, Any]:
@@ -559,6 +595,7 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
         "version": config.version,
         "description": config.description,
         "license": config.license,
+        "intended_use": config.intended_use,
         "architecture": config.model.architecture,
         "network": getattr(config.model, "network", None),  # an imported MONAI network's class
         "mode": config.model.mode,

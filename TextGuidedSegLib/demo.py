@@ -12,9 +12,15 @@ phantom's own labels. It writes into the output folder:
 - ``volumes.md``: a table of the structure volumes in mL and, on a phantom, the true volume and the Dice of
   each structure against the phantom's labels.
 
+A bundle not validated on real CT (``BundleConfig.intended_use`` other than "published", e.g. the demo
+bundle, trained on phantoms) run on a real CT gets its caveat in the log, the sidecar's ``warnings``, the
+top of ``volumes.md`` and the overlay's title. An output folder that is not empty is refused
+unless ``overwrite`` is set; then the files an earlier demo wrote there (:func:`demo_files`) are removed
+first, and nothing else.
+
 Example::
 
-    result = run_demo("demo_out")                 # the shipped demo bundle on a phantom
+    result = run_demo("demo_out", overwrite=True)   # the shipped demo bundle on a phantom
     print("\\n".join(result.table))
 """
 
@@ -30,12 +36,13 @@ from typing import Any
 
 import numpy as np
 
-from TextGuidedSegLib.bundle import Bundle, load_bundle
+from TextGuidedSegLib.bundle import INTENDED_USES, Bundle, load_bundle
 from TextGuidedSegLib.data.label_transfer import transfer_labels
 from TextGuidedSegLib.data.phantom import PhantomConfig, make_phantom
 from TextGuidedSegLib.evaluation.evaluate import universal_label_ids
 from TextGuidedSegLib.evaluation.metrics import dice_score
 from TextGuidedSegLib.inference.options import SegmentationOptions
+from TextGuidedSegLib.inference.provenance import short_caveat
 from TextGuidedSegLib.inference.result import SegmentInfo
 from TextGuidedSegLib.taxonomy import StructureQuery
 
@@ -64,6 +71,7 @@ class DemoResult:
         dice: per segment, Dice against the phantom's labels (None: no truth for it).
         table: the lines of the Markdown table in ``volumes.md`` (what the command prints).
         seconds: wall time of the whole demo.
+        warnings: caveats of the run (a bundle not validated on real CT, on a real CT); empty when none.
     """
 
     output_dir: Path
@@ -78,6 +86,7 @@ class DemoResult:
     dice: list[float | None] = field(default_factory=list)
     table: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
 
 
 def missing_bundle_message(path: Path) -> str:
@@ -162,6 +171,24 @@ def volume_table(
     return lines
 
 
+#: The files a demo writes into its output folder (besides ``segmentation_{probability,uncertainty}_*`` maps).
+DEMO_FILES = (
+    "phantom_ct.nii.gz",
+    "phantom_truth.nii.gz",
+    "segmentation.nii.gz",
+    "segmentation.json",
+    "overlay.png",
+    "volumes.md",
+)
+
+
+def demo_files(output_dir: str | Path) -> list[Path]:
+    """The files in ``output_dir`` an earlier demo wrote there (:data:`DEMO_FILES` and its maps)."""
+    folder = Path(output_dir)
+    maps = [p for kind in ("probability", "uncertainty") for p in folder.glob(f"segmentation_{kind}_*.nii*")]
+    return [p for p in (*(folder / name for name in DEMO_FILES), *sorted(maps)) if p.is_file()]
+
+
 def _load_demo_bundle(bundle: str | Path | Bundle) -> Bundle:
     if isinstance(bundle, Bundle):
         return bundle
@@ -179,12 +206,13 @@ def run_demo(
     seed: int = 0,
     options: SegmentationOptions | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **changes: Any,
 ) -> DemoResult:
     """Segment a CT (a phantom by default) from ``prompt`` and write the demo files into ``output_dir``.
 
     Args:
-        output_dir: the output folder (created; demo files in it are replaced).
+        output_dir: the output folder (created); one that is not empty is refused without ``overwrite``.
         bundle: a bundle folder or .zip, or a loaded bundle; default the shipped demo bundle.
         input: a CT (NIfTI, NRRD or DICOM folder); None makes a phantom with ``seed`` on the bundle's spacing.
         prompt: what to segment.
@@ -192,6 +220,8 @@ def run_demo(
         options: the Segmenter's options (device, overlap, precision, ...; a lower overlap is faster on a
             CPU); None: the defaults, every value the bundle's.
         progress: show the sliding-window progress bar.
+        overwrite: write into a folder that is not empty, first removing the files an earlier demo wrote
+            there (:func:`demo_files`); other files are left alone.
         **changes: option fields applied on top of ``options`` (``run_demo(out, device="cpu")``).
 
     Returns:
@@ -200,19 +230,28 @@ def run_demo(
     Raises:
         FileNotFoundError: the default demo bundle is absent (the message says how to get one) or the input
             does not exist.
+        FileExistsError: ``output_dir`` is not empty and ``overwrite`` is not set.
         ValueError: a bundle that does not load, an unreadable CT or a prompt the bundle cannot answer.
     """
     from TextGuidedSegLib.inference import Segmenter
-    from TextGuidedSegLib.inference.outputs import write_segmentation
     from TextGuidedSegLib.io import load_volume
     from TextGuidedSegLib.visualize import save_overlay
 
     start = time.perf_counter()
+    output = Path(output_dir)
+    if output.is_dir() and any(output.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"output folder {output} is not empty; pass --overwrite (run_demo(..., overwrite=True)) to "
+            "replace the files an earlier demo wrote there, or choose another folder with -o/--output"
+        )
     if input is not None and not Path(input).exists():
         raise FileNotFoundError(f"input CT {input} does not exist")
     bundle = _load_demo_bundle(bundle)
-    output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
+    keep = Path(input).resolve() if input is not None else None
+    for earlier in demo_files(output):
+        if earlier.resolve() != keep:
+            earlier.unlink()
     truth_path = None
     if input is None:
         config = demo_phantom_config(bundle.config.preprocessing.spacing, seed=seed)
@@ -229,10 +268,9 @@ def run_demo(
     volume = load_volume(ct_path)
 
     segmenter = Segmenter(bundle, options, progress=progress, **changes)
-    result = segmenter.segment(volume, prompt)
-    files = write_segmentation(
-        output / "segmentation.nii.gz", result, volume, bundle, prompt=prompt, threshold=segmenter.threshold
-    )
+    result = segmenter.segment(volume, prompt)  # logs any caveat of the bundle on this CT
+    files = result.save(output / "segmentation.nii.gz")
+    caveat = short_caveat(bundle.config.intended_use, phantom_input=result.provenance["input"]["phantom"])
     dice: list[float | None] = []
     truth_ml: list[float | None] = []
     if truth_path is not None:
@@ -243,14 +281,17 @@ def run_demo(
         result.labels,
         volume.affine,
         result.segments,
-        title=f'"{prompt}"  ({bundle.config.name} v{bundle.config.version})',
+        title=(f"{caveat}  |  " if caveat else "")
+        + f'"{prompt}"  ({bundle.config.name} v{bundle.config.version})',
     )
     table = volume_table(result.segments, truth_ml, dice)
+    fit_for = INTENDED_USES[bundle.config.intended_use]
     lines = [
         "# TextGuidedSeg demo",
         "",
+        *(f"> **Warning:** {warning}\n" for warning in result.warnings),
         f"- input: {description}",
-        f"- bundle: {bundle.config.name} v{bundle.config.version}",
+        f"- bundle: {bundle.config.name} v{bundle.config.version} ({fit_for})",
         f'- prompt: "{prompt}"',
         f"- files: `{files.label_map.name}`, `{files.sidecar.name}`, `{overlay.name}`",
         "",
@@ -274,4 +315,5 @@ def run_demo(
         dice=dice,
         table=table,
         seconds=seconds,
+        warnings=result.warnings,
     )

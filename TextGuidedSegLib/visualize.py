@@ -202,7 +202,8 @@ def save_overlay(
     """Write the overlay PNG (:data:`FIGURE_PX` pixels): axial and coronal panels, legend, optional title.
 
     Arguments as in :func:`render_panels`; the legend lists every segment (with its volume when the segment
-    has ``volume_ml``), in its colour. Uses matplotlib's Agg canvas (no display needed).
+    has ``volume_ml``), in its colour. ``title`` (e.g. the prompt, the bundle and any caveat of it) is
+    written above the panels and as the PNG's ``Title`` text chunk. Uses matplotlib's Agg canvas.
 
     Returns:
         The written path.
@@ -237,5 +238,5 @@ def save_overlay(
     if title:
         figure.suptitle(title, color="white", fontsize=12, y=0.99)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, facecolor="black")
+    figure.savefig(path, dpi=DPI, facecolor="black", metadata={"Title": title} if title else None)
     return path

@@ -25,6 +25,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="0.1.0", help="version of the weights")
     parser.add_argument("--description", help="one paragraph for users (default: generated)")
     parser.add_argument("--license", default="", help="licence of the weights")
+    parser.add_argument(
+        "--intended-use",
+        choices=("phantom", "synthetic", "research", "published"),
+        help="what the bundle is fit for (default: phantom for phantom training lists, synthetic for "
+        "synthetic embeddings, else research)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -41,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             description=args.description,
             license=args.license,
             overwrite=args.overwrite,
+            intended_use=args.intended_use,
         )
     except (BundleError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -60,6 +60,9 @@ MODULE_NAME = "TextGuidedSeg"
 #: The bundle used when none is chosen: the demo bundle, shipped with the library.
 DEFAULT_BUNDLE = "demo_phantom_film_v1"
 RESULTS_TABLE_COLUMNS = ("Segment", "Volume (mL)", "Mean (HU)", "Voxels")
+#: The column added to the results table when the run has a caveat (a bundle not validated on real CT on a
+#: real CT, see ``BundleConfig.intended_use``): the caveat, on every row.
+CAVEAT_COLUMN = "Caveat"
 
 
 @dataclass
@@ -194,6 +197,15 @@ def _checked_prompt(prompt: str) -> str:
     if not prompt or not prompt.strip():
         raise ValueError('the prompt is empty: type the structures to segment, e.g. "liver and kidneys"')
     return prompt.strip()
+
+
+def _table_caveat(result: SegmentationResult) -> str:
+    """The short caveat of a result for the results table (its first warning when the bundle's use is not
+    one with a short form)."""
+    from TextGuidedSegLib.inference.provenance import SHORT_CAVEATS
+
+    use = result.provenance.get("bundle", {}).get("intended_use")
+    return SHORT_CAVEATS.get(use) or result.warnings[0]
 
 
 def mean_values(volume: np.ndarray, labels: np.ndarray, n_labels: int) -> list[float]:
@@ -620,7 +632,9 @@ class TextGuidedSegLogic:
 
     @staticmethod
     def _results_table(segmentation_node: Any, output: InferenceOutput) -> Any:
-        """A table node: segment name, volume (mL), mean HU and voxel count, one row per result segment."""
+        """A table node: segment name, volume (mL), mean HU and voxel count, one row per result segment; with
+        a caveat (``result.warnings``), a :data:`CAVEAT_COLUMN` saying it on every row and the full warnings
+        in the ``TextGuidedSeg.Warnings`` attribute."""
         scene = slicer.mrmlScene
         table_node = scene.AddNewNodeByClass(
             "vtkMRMLTableNode", scene.GenerateUniqueName(f"{segmentation_node.GetName()} volumes")
@@ -638,8 +652,18 @@ class TextGuidedSegLogic:
             volumes.InsertNextValue(round(info.volume_ml, 3))
             means.InsertNextValue(round(mean, 1) if np.isfinite(mean) else float("nan"))
             voxels.InsertNextValue(info.voxels)
+        columns = [names, volumes, means, voxels]
+        warnings = output.result.warnings
+        if warnings:
+            caveats = vtk.vtkStringArray()
+            caveats.SetName(CAVEAT_COLUMN)
+            caveat = _table_caveat(output.result)
+            for _ in output.result.segments:
+                caveats.InsertNextValue(caveat)
+            columns.append(caveats)
+            table_node.SetAttribute("TextGuidedSeg.Warnings", "\n".join(warnings))
         table = table_node.GetTable()
-        for array in (names, volumes, means, voxels):
+        for array in columns:
             table.AddColumn(array)
         table_node.SetAttribute("TextGuidedSeg.Segmentation", segmentation_node.GetID())
         table_node.SetAttribute("TextGuidedSeg.Bundle", output.bundle_name)

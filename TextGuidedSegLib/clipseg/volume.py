@@ -261,6 +261,7 @@ def save_clipseg_bundle(
             spacing=slicing.spacing, hu_window=slicing.model_hu_window, crop_foreground=False
         ),
         inference=InferenceConfig(roi_size=WHOLE_VOLUME_ROI, overlap=0.0, blend_mode="constant"),
+        intended_use="research",  # fine-tuned here, not a published model
     )
     model = CLIPSegVolumeModel(net, config)
     return save_bundle(path, model, bundle_config, cache, overwrite=overwrite)  # type: ignore[arg-type]

@@ -49,6 +49,8 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from TextGuidedSegLib.inference.provenance import PHANTOM_MARKER
+
 logger = logging.getLogger(__name__)
 
 #: class_name -> label_id of the phantom's label maps (0 is background). ``vertebra`` (the lower thoracic
@@ -302,13 +304,15 @@ def write_phantoms(
 
 
 def _save_nifti(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    """Write ``array`` unscaled, as its own dtype, with ``affine`` as both qform and sform (scanner, mm)."""
+    """Write ``array`` unscaled, as its own dtype, with ``affine`` as both qform and sform (scanner, mm), and
+    ``PHANTOM_MARKER`` as its description."""
     path.parent.mkdir(parents=True, exist_ok=True)
     image = nib.Nifti1Image(array, affine)
     image.header.set_xyzt_units("mm")
     image.set_qform(affine, code=1)
     image.set_sform(affine, code=1)
     image.header.set_slope_inter(1.0, 0.0)
+    image.header["descrip"] = PHANTOM_MARKER.encode()  # tells the Segmenter this is no real CT
     nib.save(image, path)
 
 

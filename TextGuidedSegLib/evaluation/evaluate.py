@@ -19,7 +19,7 @@ and, on request, ``predictions/<case>.nii.gz`` with JSON sidecars) is described 
 
 Example::
 
-    report = evaluate("demo_bundle", "phantoms/phantom.txt", "eval_out", save_predictions=True)
+    report = evaluate("demo_phantom_film_v1", "phantoms/phantom.txt", "eval_out", save_predictions=True)
     print(report.summary["liver"].dice_mean, report.mean_dice)
 """
 
@@ -285,17 +285,9 @@ def evaluate(
             )
         logger.debug("%s: %s", name, {s.structure: round(s.dice, 3) for s in scores if s.case == name})
         if save_predictions:
-            from TextGuidedSegLib.inference.outputs import write_segmentation
-
-            write_segmentation(
-                predictions / f"{name}.nii.gz",
-                result,
-                volume,
-                bundle,
-                prompt=", ".join(q.name for q in case_queries),
-                threshold=segmenter.threshold,
-                input=case.image,
-            )
+            if result.volume is None:  # a custom segmenter's result: its grid is the case's
+                result.volume = volume
+            result.save(predictions / f"{name}.nii.gz")
 
     summary = summarize(scores)
     about = [

@@ -32,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from TextGuidedSegLib.bundle import BundleConfig, save_bundle
+from TextGuidedSegLib.bundle import BUNDLE_FORMAT_VERSION, BundleConfig, save_bundle
 from TextGuidedSegLib.importers.monai_config import MonaiConfigError, MonaiConfigReader, parse_conditional
 from TextGuidedSegLib.importers.monai_translation import (
     channel_taxonomy,
@@ -111,7 +111,7 @@ def translate_monai_bundle(
         inference["threshold"] = threshold
     config = BundleConfig.from_dict(
         {
-            "format_version": 1,
+            "format_version": BUNDLE_FORMAT_VERSION,
             "name": name,
             "version": str(metadata.get("version", "0.0.0")),
             "description": f"{description} (MONAI model zoo: {model.source[len('MONAI model zoo ') :]})",
@@ -121,6 +121,7 @@ def translate_monai_bundle(
             "text_encoder": None,
             "preprocessing": read_preprocessing(reader),
             "inference": inference,
+            "intended_use": "published",  # the model zoo's weights, as released
         }
     )
     data = config.to_dict()

@@ -104,6 +104,7 @@ def universal_bundle_config(model: ModelConfig) -> BundleConfig:
         inference=InferenceConfig(
             roi_size=(96, 96, 96), overlap=0.5, threshold=0.5, sw_batch_size=1, blend_mode="gaussian"
         ),
+        intended_use="published",
     )
 
 

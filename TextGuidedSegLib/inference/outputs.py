@@ -4,8 +4,9 @@ Shared by ``textguidedseg segment``, ``textguidedseg demo`` and ``textguidedseg 
 so every command writes the same files:
 
 - the label map (``.nii.gz``, ``.nii`` or ``.nrrd``) on exactly the input's grid;
-- ``<stem>.json``: :meth:`SegmentationResult.sidecar` plus the input, the label map's file name, the prompt,
-  the bundle's name and version and the threshold;
+- ``<stem>.json``: :meth:`SegmentationResult.sidecar`: the result's provenance (input, prompt, bundle with
+  sha256, options and the settings used, device, precision, versions, warnings), the label map's file name
+  and the segments (see ``inference.result``);
 - with probabilities in the result, ``<stem>_probability_<label_id>_<class_name><suffix>`` per query.
 """
 
@@ -15,15 +16,16 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from TextGuidedSegLib.bundle import Bundle
-from TextGuidedSegLib.inference.result import SegmentationResult
-from TextGuidedSegLib.io import Volume, save_label_map, save_volume
+if TYPE_CHECKING:  # numpy, SimpleITK, nibabel load when writing; the CLI checks -o with label_map_stem first
+    from TextGuidedSegLib.inference.result import SegmentationResult
 
 logger = logging.getLogger(__name__)
 
 #: File endings a label map may have (the first one is the default).
-LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd")
+#: ``.seg.nrrd`` is a 3D Slicer segmentation file (segment names, colours, terminology; ``io.seg_nrrd``).
+LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".seg.nrrd", ".nrrd")
 
 
 @dataclass
@@ -58,41 +60,48 @@ def label_map_stem(path: str | Path) -> tuple[Path, str]:
 
 
 def write_segmentation(
-    path: str | Path,
-    result: SegmentationResult,
-    volume: Volume,
-    bundle: Bundle,
-    prompt: str,
-    threshold: float,
-    input: str | Path | None = None,
+    path: str | Path, result: SegmentationResult, input: str | Path | None = None
 ) -> SegmentationFiles:
-    """Write ``result``'s label map on ``volume``'s grid, its JSON sidecar and any probability / uncertainty
-    maps (``<stem>_probability_01_liver.nii.gz``, ``<stem>_uncertainty_01_liver.nii.gz``, ...).
+    """Write ``result``'s label map on its input volume's grid, its JSON sidecar and any probability /
+    uncertainty maps (``<stem>_probability_01_liver.nii.gz``, ``<stem>_uncertainty_01_liver.nii.gz``, ...).
+
+    What :meth:`SegmentationResult.save` runs.
 
     Args:
-        path: the label map to write (``.nii.gz``, ``.nii`` or ``.nrrd``); the sidecar is ``<stem>.json``
-            beside it. Existing files are replaced (the label map atomically).
-        result: the output of ``Segmenter.segment`` for ``volume``.
-        volume: the CT the result was computed on.
-        bundle: the bundle that segmented it (its name and version go into the sidecar).
-        prompt: the prompt as the user typed it.
-        threshold: the probability threshold used.
-        input: what to record as the input (default ``volume.source``).
+        path: the label map to write (``.nii.gz``, ``.nii``, ``.nrrd``, or ``.seg.nrrd`` for a Slicer
+            segmentation file with names, colours and terminology); the sidecar is ``<stem>.json`` beside it.
+            Existing files are replaced (the label map atomically).
+        result: the output of ``Segmenter.segment`` (it holds its input volume and provenance).
+        input: what to record as the input path (default: the provenance's, i.e. ``volume.source``).
 
     Returns:
         The paths written.
+
+    Raises:
+        ValueError: the path has another ending, or the result holds no input volume (it was not made by
+            ``Segmenter.segment``).
     """
+    from TextGuidedSegLib.io import save_label_map, save_volume
+
     output = Path(path)
     stem, suffix = label_map_stem(output)
+    volume = result.volume
+    if volume is None:
+        raise ValueError(
+            f"{output}: this SegmentationResult holds no input volume (result.volume), so its grid is "
+            "unknown; write results made by Segmenter.segment"
+        )
     output.parent.mkdir(parents=True, exist_ok=True)
-    save_label_map(output, result.labels, reference=volume)
-    sidecar = result.sidecar(
-        input=str(input if input is not None else volume.source),
-        label_map=output.name,
-        prompt=prompt,
-        bundle={"name": bundle.config.name, "version": bundle.config.version},
-        threshold=threshold,
-    )
+    if suffix == ".seg.nrrd":
+        from TextGuidedSegLib.io.seg_nrrd import save_seg_nrrd
+
+        save_seg_nrrd(output, result.labels, result.segments, reference=volume)
+        suffix = ".nrrd"  # probability / uncertainty maps are plain NRRD volumes
+    else:
+        save_label_map(output, result.labels, reference=volume)
+    sidecar = result.sidecar(label_map=output.name)
+    if input is not None:
+        sidecar["input"] = {**sidecar.get("input", {}), "path": str(input)}
     maps: dict[str, list[Path]] = {"probability": [], "uncertainty": []}
     for kind, values in (("probability", result.probabilities), ("uncertainty", result.uncertainty)):
         if values is None:

@@ -1,17 +1,42 @@
-"""What a segmentation run returns: the label map, what each label means, and optional probability maps."""
+"""What a segmentation run returns: the label map, what each label means, optional probability maps, and
+where it came from.
+
+The JSON sidecar (:meth:`SegmentationResult.sidecar`, written beside the label map by
+:meth:`SegmentationResult.save`) holds, in format :data:`SIDECAR_FORMAT_VERSION` = 2:
+
+- ``format_version``, ``label_map`` (the label map's file name);
+- ``input``: ``path``, ``shape``, ``spacing`` (mm) and ``phantom`` (one of this library's phantoms);
+- ``prompt`` as typed and ``queries`` (``text``, ``class_name``, ``prompt`` each, in label order);
+- ``bundle``: ``name``, ``version``, ``sha256`` (of the .zip, or of the folder's ``config.json``, which
+  records every file's sha256), ``source`` and ``intended_use``;
+- ``options``: ``SegmentationOptions.to_dict()`` (``SegmentationOptions.from_dict`` reads it back) and
+  ``settings``: the values used (``overlap``, ``threshold``, ``sw_batch_size``, ``roi_size``,
+  ``blend_mode``, ``padding_mode``: the options' or the bundle's);
+- ``runtime``: ``device`` and ``precision`` actually used, ``textguidedseg``, ``torch``, ``monai`` and
+  ``python`` versions;
+- ``warnings``: caveats of the run (e.g. a phantom-trained bundle on a real CT), empty when none;
+- ``segments``: label_id, name, class_name, prompt, text, color, terminology, voxels, volume_ml (and
+  ``probability_map`` / ``uncertainty_map`` file names when written).
+
+Format 1 had ``input`` as a path string, ``bundle`` without sha256 and a top-level ``threshold`` only.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from TextGuidedSegLib.io import Volume
 from TextGuidedSegLib.taxonomy import StructureQuery
 
-SIDECAR_FORMAT_VERSION = 1
+if TYPE_CHECKING:
+    from TextGuidedSegLib.inference.outputs import SegmentationFiles
+
+SIDECAR_FORMAT_VERSION = 2
 
 
 @dataclass
@@ -54,6 +79,9 @@ class SegmentationResult:
             a lazy ``ProbabilityMaps`` (each computed when indexed) or, for softmax models, an array.
         uncertainty: the same for the standard deviation of the probabilities over the test-time flips, when
             the segmenter ran with ``flip_tta``.
+        volume: the input volume (its grid is the label map's; ``save`` writes onto it).
+        provenance: what produced the result (input, prompt, queries, bundle, options, settings, runtime,
+            warnings), as the module docstring lists; filled by the ``Segmenter``.
     """
 
     labels: np.ndarray
@@ -61,11 +89,31 @@ class SegmentationResult:
     queries: list[StructureQuery]
     probabilities: Sequence[np.ndarray] | None = None
     uncertainty: Sequence[np.ndarray] | None = None
+    volume: Volume | None = None
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        """Caveats of the run (e.g. a bundle trained on phantoms only, on a real CT); empty when none."""
+        return list(self.provenance.get("warnings", []))
+
+    def save(self, path: str | Path) -> SegmentationFiles:
+        """Write the label map on the input's grid, its JSON sidecar and any probability / uncertainty maps.
+
+        ``path`` ends in ``.nii.gz``, ``.nii``, ``.nrrd`` or ``.seg.nrrd`` (a Slicer segmentation file); the
+        sidecar is ``<stem>.json`` beside it; existing files are replaced. Same files as ``textguidedseg
+        segment`` (``outputs.write_segmentation``).
+        """
+        from TextGuidedSegLib.inference.outputs import write_segmentation
+
+        return write_segmentation(path, self)
 
     def sidecar(self, **extra: Any) -> dict[str, Any]:
-        """The JSON sidecar written beside a label map: segment names, codes, colours, volumes."""
+        """The JSON sidecar written beside a label map: provenance, then ``extra``, then the segments' names,
+        codes, colours and volumes (keys in the module docstring)."""
         return {
             "format_version": SIDECAR_FORMAT_VERSION,
+            **self.provenance,
             **extra,
             "segments": [
                 {

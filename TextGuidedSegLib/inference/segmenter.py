@@ -63,6 +63,7 @@ from TextGuidedSegLib.inference.postprocess import (
     split_by_laterality,
 )
 from TextGuidedSegLib.inference.prepared import PreparedVolume, count_windows, intensity_key
+from TextGuidedSegLib.inference.provenance import fitness_warnings, provenance
 from TextGuidedSegLib.inference.resample import InputGridResampler, ProbabilityMaps
 from TextGuidedSegLib.inference.result import SegmentationResult, segment_infos
 from TextGuidedSegLib.io import Volume
@@ -140,11 +141,19 @@ class Segmenter:
         **changes: option fields applied on top of ``options`` (``Segmenter(bundle, device="cpu")``); an
             unknown name raises ``ValueError`` listing the valid ones.
 
+    The result carries its input volume and provenance (``result.provenance``, ``result.warnings``: a bundle
+    not validated on real CT, see ``BundleConfig.intended_use``, is logged as a WARNING and kept there), so
+    ``result.save`` writes the label map and its sidecar alone.
+
     Example::
 
-        bundle = load_bundle("demo_bundle")
-        result = Segmenter(bundle).segment(load_volume("ct.nii.gz"), "liver and both kidneys")
-        save_label_map("ct_seg.nii.gz", result.labels, reference=volume)
+        from TextGuidedSegLib.bundle import load_bundle
+        from TextGuidedSegLib.io import load_volume
+        from TextGuidedSegLib.inference import Segmenter
+
+        bundle = load_bundle("demo_phantom_film_v1")  # a registry name, an installed bundle or a path
+        result = Segmenter(bundle, device="cpu").segment(load_volume("ct.nii.gz"), "liver and both kidneys")
+        result.save("ct_seg.nii.gz")  # and ct_seg.json, the sidecar
     """
 
     def __init__(
@@ -420,7 +429,8 @@ class Segmenter:
         """Segment ``volume`` for ``prompt``; the label map lies voxel for voxel on ``volume``'s grid.
 
         With ``options.probabilities`` the result also holds (Q, I, J, K) probabilities on the input grid;
-        with ``options.flip_tta``, their standard deviation over the flips (``result.uncertainty``).
+        with ``options.flip_tta``, their standard deviation over the flips (``result.uncertainty``). The
+        result keeps ``volume`` and its provenance (``inference.provenance``), any caveat in ``warnings``.
 
         Args:
             volume: the CT, (I, J, K) HU with its voxel-to-RAS affine; it is not modified.
@@ -433,6 +443,26 @@ class Segmenter:
         queries = self.queries(prompt) if isinstance(prompt, str) else list(prompt)
         if not queries:
             raise PromptError("no structure to segment: the prompt produced no query")
+        config = self.bundle.config
+        warnings = fitness_warnings(config.name, config.intended_use, volume)
+        for warning in warnings:
+            logger.warning("%s", warning)
+        result = self._segment(volume, queries, prepared, progress_callback, cancel)
+        result.volume = volume
+        result.provenance = provenance(
+            self, volume, prompt if isinstance(prompt, str) else None, queries, warnings
+        )
+        return result
+
+    def _segment(
+        self,
+        volume: Volume,
+        queries: list[StructureQuery],
+        prepared: PreparedVolume | None,
+        progress_callback: ProgressCallback | None,
+        cancel: threading.Event | None,
+    ) -> SegmentationResult:
+        """``segment`` after parsing the prompt: the label map and segment infos, without provenance."""
         text, class_indices = self.conditioning(queries)
         preprocessing = self.bundle.config.preprocessing
         classes = self.model.output == "classes"

@@ -22,7 +22,7 @@ from .checkpoint import load_checkpoint
 from .config import TRAINING_TAXONOMY, TrainConfig
 from .embeddings import SYNTHETIC_ENCODER_ID
 
-__all__ = ["export_bundle"]
+__all__ = ["default_intended_use", "export_bundle"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,17 @@ def _description(config: TrainConfig, model_config: ModelConfig, step: int, synt
     return text
 
 
+def default_intended_use(config: TrainConfig, synthetic: bool) -> str:
+    """What an exported bundle is fit for (``BundleConfig.intended_use``): "phantom" when every training list
+    is a phantom set (``textguidedseg phantoms`` names it ``phantom.txt``, or ``data.default_dataset`` is
+    ``phantom``), else "synthetic" with synthetic embeddings, else "research"."""
+    lists = config.data.train_lists
+    phantom_lists = bool(lists) and all("phantom" in str(p).lower() for p in lists)
+    if config.data.default_dataset == "phantom" or phantom_lists:
+        return "phantom"
+    return "synthetic" if synthetic else "research"
+
+
 def export_bundle(
     checkpoint_path: str | Path,
     output: str | Path,
@@ -51,6 +62,7 @@ def export_bundle(
     description: str | None = None,
     license: str = "",
     overwrite: bool = False,
+    intended_use: str | None = None,
 ) -> Path:
     """Write a bundle (folder, or ``.zip`` when ``output`` ends so) from a training checkpoint.
 
@@ -62,6 +74,8 @@ def export_bundle(
         description: one paragraph for users; default: what was trained on what, for how long.
         license: licence of the weights.
         overwrite: replace an existing bundle at ``output``.
+        intended_use: what the bundle is fit for (``bundle.INTENDED_USES``); default
+            :func:`default_intended_use` ("research" unless trained on phantoms or synthetic embeddings).
 
     Returns:
         the path written.
@@ -102,6 +116,7 @@ def export_bundle(
         inference=InferenceConfig(
             roi_size=config.data.roi_size, overlap=config.val_overlap, sw_batch_size=config.val_sw_batch_size
         ),
+        intended_use=intended_use or default_intended_use(config, synthetic),
     )
     path = save_bundle(output, model, bundle_config, cache, overwrite=overwrite)
     logger.info("exported %s (step %d) to %s", checkpoint_path, state["step"], path)
