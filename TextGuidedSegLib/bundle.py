@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from TextGuidedSegLib import __version__
 from TextGuidedSegLib.configs import check_keys, dataclass_from_dict, field_names, to_jsonable
-from TextGuidedSegLib.files import sha256_file
+from TextGuidedSegLib.files import sha256_file, verify_checksums
 from TextGuidedSegLib.models import BundleModel, ModelConfig, TextSegModel, build_model
 from TextGuidedSegLib.models.weights import (  # noqa: F401  (re-exported: the bundle's weight-file contract)
     DERIVED_BUFFERS,
@@ -490,23 +490,6 @@ def _read_config(folder: Path, source: Path) -> tuple[BundleConfig, dict[str, st
     return config, checksums
 
 
-def _verify_checksums(folder: Path, checksums: dict[str, str], source: Path) -> None:
-    """Raise a BundleError naming the first file whose sha256 differs from ``config.json``'s record."""
-    if not checksums:
-        raise BundleError(
-            f"{source}/{CONFIG_FILE}: no 'checksums' recorded; re-export the bundle with save_bundle"
-        )
-    for relative, expected in checksums.items():
-        file = folder / relative
-        if not file.is_file():
-            raise BundleError(f"{source}: file {relative} listed in {CONFIG_FILE} is missing")
-        if sha256_file(file) != expected:
-            raise BundleError(
-                f"{source}: checksum mismatch for {relative} (the file was modified or corrupted); "
-                "re-download or re-export the bundle"
-            )
-
-
 def _load_weights(model: TextSegModel, weights_path: Path, source: Path) -> None:
     """Load safetensors weights into ``model``, naming any missing, unexpected or mis-shaped key."""
     try:
@@ -564,7 +547,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         config, checksums = _read_config(folder, source)
         digest = sha256_file(source if source.is_file() else folder / CONFIG_FILE)
         if verify:
-            _verify_checksums(folder, checksums, source)
+            verify_checksums(folder, checksums, source, CONFIG_FILE, BundleError)
         external = _external_module(config.model.architecture)
         if external is not None:
             model = external.load_bundle_model(folder, config.model, source)

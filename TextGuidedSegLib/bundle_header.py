@@ -20,7 +20,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from TextGuidedSegLib.files import sha256_file
+from TextGuidedSegLib.files import sha256_file, verify_checksums
 from TextGuidedSegLib.registry import CONFIG_FILE, RegistryError, read_bundle_config
 from TextGuidedSegLib.registry.cache import config_vocabulary
 
@@ -48,21 +48,6 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
         raise RegistryError(f"{path}: not a readable safetensors file ({err})") from err
 
 
-def _verify(folder: Path, checksums: dict[str, str], source: Path) -> None:
-    """Raise naming the first file listed in ``config.json`` that is missing or whose sha256 differs."""
-    if not checksums:
-        raise RegistryError(f"{source}/{CONFIG_FILE}: no 'checksums' recorded; re-export the bundle")
-    for relative, expected in checksums.items():
-        file = folder / relative
-        if not file.is_file():
-            raise RegistryError(f"{source}: file {relative} listed in {CONFIG_FILE} is missing")
-        if sha256_file(file) != expected:
-            raise RegistryError(
-                f"{source}: checksum mismatch for {relative} (the file was modified or corrupted); "
-                "re-download or re-export the bundle"
-            )
-
-
 def _cached_prompts(folder: Path, source: Path) -> int:
     """Number of prompts in the bundle's embedding cache (0 without one)."""
     index = folder / CACHE_INDEX
@@ -79,7 +64,7 @@ def _describe_folder(folder: Path, source: Path, verify: bool) -> dict[str, Any]
     config = read_bundle_config(folder)
     checksums = config.get("checksums") or {}
     if verify:
-        _verify(folder, checksums, source)
+        verify_checksums(folder, checksums, source, CONFIG_FILE, RegistryError)
     weight_files = sorted(
         name for name in checksums if name.endswith(".safetensors") and not name.startswith("text_cache/")
     )

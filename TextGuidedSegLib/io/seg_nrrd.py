@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from TextGuidedSegLib.files import file_mode
 from TextGuidedSegLib.io.volume import Volume
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def save_seg_nrrd(
     os.close(handle)
     try:
         slicerio.segmentation.write_segmentation(temporary, segmentation, compression_level=6)
-        os.chmod(temporary, _file_mode(path))
+        os.chmod(temporary, file_mode(path))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -171,12 +172,3 @@ def _check_grid(path: Path, shape: tuple[int, ...], reference: Volume, what: str
             f"{path}: {what} shape {tuple(shape)} does not match the reference volume's shape "
             f"{reference.shape} ({reference.source or 'in memory'}); resample onto the reference grid first"
         )
-
-
-def _file_mode(path: Path) -> int:
-    """Permissions for the written file: the existing file's, else the usual ones under the process umask."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask

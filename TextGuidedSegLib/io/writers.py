@@ -11,6 +11,7 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk
 
+from TextGuidedSegLib.files import file_mode
 from TextGuidedSegLib.io.itk_geometry import array_affine_to_sitk
 from TextGuidedSegLib.io.volume import WRITE_EXTENSIONS, Volume, file_format
 
@@ -99,7 +100,7 @@ def _write(path: Path, array: np.ndarray, reference: Volume) -> Path:
             _write_nifti(Path(temporary), array, reference)
         else:
             sitk.WriteImage(array_affine_to_sitk(array, reference.affine), temporary, True)
-        os.chmod(temporary, _file_mode(path))
+        os.chmod(temporary, file_mode(path))
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -128,12 +129,3 @@ def _write_nifti(path: Path, array: np.ndarray, reference: Volume) -> None:
     image.set_qform(reference.affine, code=qform_code)
     image.set_sform(reference.affine, code=sform_code)
     nib.save(image, path)
-
-
-def _file_mode(path: Path) -> int:
-    """Permissions for the written file: the existing file's, else the usual ones under the process umask."""
-    if path.exists():
-        return path.stat().st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
