@@ -50,7 +50,9 @@ def test_readme_quick_start_runs_as_written(tmp_path):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [sys.executable, "-c", quick_start_code()]
-    run = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        command, cwd=work, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+    )
     assert run.returncode == 0, f"the README's quick start failed:\n{run.stderr[-4000:]}"
     # the demo bundle on a real CT: a Python user is told too (logging's last-resort handler, no setup needed)
     assert "phantoms only" in run.stderr, run.stderr[-2000:]

@@ -49,6 +49,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("transformers", "4.45", "the CLIP text encoder for free-text prompts"),
     Requirement("tqdm", "4.60", "progress reporting"),
     Requirement("pyyaml", "6.0", "configuration files"),
+    Requirement("slicerio", "1.4", "writing .seg.nrrd segmentation files"),
 )
 
 #: Shipped with Slicer and never reinstalled by this module (reason per package).
