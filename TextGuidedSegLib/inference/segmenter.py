@@ -187,7 +187,7 @@ class Segmenter:
                 f"feature_cache_bytes must be >= 0 (0 disables the cache), got {feature_cache_bytes}"
             )
         self.feature_cache_bytes = int(feature_cache_bytes)
-        self.model = bundle.model.to(self.device).eval()
+        self.model = bundle.model.to(self.device).train(False)  # inference mode, as BundleModel declares it
         self._volumes: OrderedDict[tuple, PreparedVolume] = OrderedDict()  # softmax models: recent volumes
         self._midline: tuple[Volume, float] | None = None  # the last volume's mid-sagittal plane (RAS x)
 

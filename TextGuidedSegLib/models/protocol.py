@@ -71,8 +71,8 @@ class BundleModel(Protocol):
         """Its parameters (``torch.nn.Module.parameters``)."""
         ...
 
-    def eval(self) -> Any:
-        """Inference mode (``torch.nn.Module.eval``)."""
+    def train(self, mode: bool = True) -> Any:
+        """Training (True) or inference (False) mode (``torch.nn.Module.train``)."""
         ...
 
     def to(self, *args: Any, **kwargs: Any) -> Any:
