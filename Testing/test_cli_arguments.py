@@ -25,11 +25,14 @@ MINIMAL = {
     "encode-prompts": ["encode-prompts", "-o", "cache"],
     "clipseg-bench": ["clipseg-bench"],
     "info": ["info", "demo"],
+    "serve": ["serve"],
 }
-DEVICE_VERBS = ["segment", "evaluate", "demo", "encode-prompts", "clipseg-bench"]
+DEVICE_VERBS = ["segment", "evaluate", "demo", "encode-prompts", "clipseg-bench", "serve"]
 OPTIONS_VERBS = ["segment", "evaluate", "demo"]
 #: Verbs that write files, as (command, bundles verb).
-WRITING_VERBS = [(verb, None) for verb in MINIMAL if verb != "info"] + [("bundles", "import-monai")]
+WRITING_VERBS = [(verb, None) for verb in MINIMAL if verb not in ("info", "serve")] + [
+    ("bundles", "import-monai")
+]
 
 #: A value other than the default for every SegmentationOptions field: (its words, the field's value).
 NON_DEFAULT = {
@@ -42,6 +45,7 @@ NON_DEFAULT = {
     "split_laterality": (["--split-laterality"], True),
     "flip_tta": (["--flip-tta"], True),
     "probabilities": (["--probabilities"], True),
+    "force": (["--force"], True),
 }
 
 

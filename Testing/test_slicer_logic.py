@@ -332,11 +332,17 @@ def test_results_table_lists_volume_and_mean_hu(slicer_run, dataset):
     ]  # fmt: skip
     assert table.GetNumberOfRows() == 4
     # a research bundle (tiny_slicer's default intended_use) on a real CT: the caveat on every row
-    (warning,) = run.sidecar["warnings"]
+    # (then the input guard's own warnings, e.g. thick slices or a thin volume, each in the caveat too)
+    warning, *guard_warnings = run.sidecar["warnings"]
     assert "research model, not validated" in warning
     assert "research model, not validated" in run.outputs.table_node.GetAttribute("TextGuidedSeg.Warnings")
     for row in range(4):
-        assert table.GetValue(row, 4).ToString() == "research model, not validated: check the result"
+        caveat = table.GetValue(row, 4).ToString()
+        assert caveat.startswith("research model, not validated: check the result")
+        for (
+            guard_warning
+        ) in guard_warnings:  # the same text, naming the Slicer volume where the CLI names the file
+            assert guard_warning.split(": ", 1)[1] in caveat
     for row, label_id in zip(range(4), range(1, 5), strict=True):
         mask = run.cli_labels == label_id
         assert table.GetValue(row, 0).ToString() == run.sidecar["segments"][row]["name"]
@@ -473,48 +479,135 @@ def test_reprompting_reuses_the_encoded_volume_until_it_changes(mrml, logic_modu
     assert node_ids(scene) == before
 
 
-def test_worker_thread_reports_progress_and_results_are_written_on_the_main_thread(
-    mrml, logic_module, tiny_bundle, scene
+@pytest.fixture(scope="session")
+def server_logic(mrml, logic_module, tmp_path_factory):
+    """A logic whose jobs run on its own local ``textguidedseg serve`` (started on the first job, stopped
+    by ``cleanup``), as the panel's logic does."""
+    from TextGuidedSegLogic import service
+
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    local = service.LocalServer(device="cpu", max_cache_mb=256, log_path=log)
+    logic = logic_module.TextGuidedSegLogic(service=service.InferenceService(local=local))
+    yield logic
+    logic.cleanup()
+    assert not local.running
+
+
+def poll_until_done(job, on_event=None, timeout: float = 300) -> list:
+    """Poll ``job`` on this (the GUI) thread every 50 ms, as the panel's timer does, until its last event."""
+    events = []
+    deadline = time.monotonic() + timeout
+    while (job.running or not events or events[-1].kind == "progress") and time.monotonic() < deadline:
+        for event in job.poll():
+            events.append(event)
+            if on_event is not None:
+                on_event(event)
+        time.sleep(0.05)
+    events += job.poll()
+    return events
+
+
+@pytest.mark.slow  # a server start and a job (about 40 s idle, minutes on a loaded machine)
+def test_the_panel_path_runs_on_the_server_and_writes_the_cli_label_map(
+    slicer_run, server_logic, tiny_bundle
+):
+    """``logic.submit`` -> a job on ``textguidedseg serve`` -> ``poll`` -> ``write_results`` on this thread:
+    the segments equal the CLI's label map (and the in-process run's)."""
+    run = slicer_run("totalseg")
+    scene = slicer.mrmlScene
+    before = set(node_ids(scene))
+    try:
+        job = server_logic.prepare_inputs(run.volume_node, PROMPT, bundle=str(tiny_bundle))
+        main_thread = threading.get_ident()
+        events = poll_until_done(server_logic.submit(job))
+        assert [e.kind for e in events][-1] == "done", [(e.kind, e.error) for e in events]
+        stages = [e.stage for e in events if e.kind == "progress"]
+        assert stages[0] == "load" and "segment" in stages, stages
+        output = events[-1].result
+        assert not output.reused_encoding and output.mean_hu and len(output.mean_hu) == 4
+        outputs = server_logic.write_results(output, run.volume_node)
+        assert threading.get_ident() == main_thread
+        segmentation = outputs.segmentation_node.GetSegmentation()
+        names = [segmentation.GetSegment(s).GetName() for s in outputs.segment_ids]
+        assert names == ["Liver", "Spleen", "Right Kidney", "Left Kidney"]
+        for label_id, segment_id in enumerate(outputs.segment_ids, start=1):
+            mask = segment_mask(outputs.segmentation_node, segment_id, run.volume_node)
+            np.testing.assert_array_equal(mask, run.cli_labels == label_id, err_msg=f"label {label_id}")
+        np.testing.assert_array_equal(output.result.labels, run.outputs.output.result.labels)
+    finally:
+        for node_id in reversed(node_ids(scene)):
+            if node_id not in before:
+                scene.RemoveNode(scene.GetNodeByID(node_id))
+
+
+def test_use_server_points_the_panel_and_the_effect_at_one_server(mrml, logic_module):
+    from TextGuidedSegLogic import service
+
+    panel, effect = logic_module.TextGuidedSegLogic(), logic_module.TextGuidedSegLogic()
+    try:
+        panel.use_server("http://gpu-box.lab:8765", "0123456789abcdef0123")
+        assert not effect.service.is_local  # the effect's logic shares the panel's service
+        assert (effect.service.remote.url, effect.service.remote.token) == (
+            "http://gpu-box.lab:8765", "0123456789abcdef0123"
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="server URL must be http://HOST:PORT"):
+            panel.use_server("gpu-box.lab:8765")
+        panel.use_server(None)
+        assert effect.service.is_local and not effect.service.local.running  # started on the next job only
+    finally:
+        service.set_default_service(None)
+
+
+@pytest.mark.slow
+def test_a_killed_server_fails_the_job_cleanly_and_the_next_job_restarts_it(
+    mrml, logic_module, server_logic, tiny_bundle, scene
 ):
     from TextGuidedSegLogic.nodes import add_volume_node
 
-    volume = add_volume_node(np.full((20, 20, 10), 40, np.int16), np.diag([8, 8, 8, 1.0]), "flat")
-    logic = logic_module.TextGuidedSegLogic()
-    job = logic.prepare_inputs(volume, "liver", bundle=str(tiny_bundle))
-    main_thread = threading.get_ident()
-    threads = []
+    from TextGuidedSegLib.data.phantom import PhantomConfig, make_phantom
+    from TextGuidedSegLib.inference import SegmentationOptions
 
-    def job_function(progress, cancel):
-        threads.append(threading.get_ident())
-        return logic.run(job, progress, cancel)
+    made = make_phantom(PhantomConfig(shape=(48, 48, 24)))
+    # 18 mm voxels, overlap 0.9, flips, one window per pass: hundreds of windows, so the kill lands mid-run
+    volume = add_volume_node(made.image.astype(np.int16), np.diag([18.0, 18, 18, 1]), "phantom to kill")
+    slow = SegmentationOptions(overlap=0.9, flip_tta=True, sw_batch_size=1)
+    local = server_logic.service.local
+    local.ensure_started()
+    first_pid = local.process.pid
+    before = node_ids(scene)
 
-    worker = logic_module.Worker(job_function)
-    worker.start()
-    events = []
-    deadline = time.monotonic() + 120
-    while (worker.running or not events or events[-1].kind == "progress") and time.monotonic() < deadline:
-        events += worker.poll()
-        time.sleep(0.05)
-    events += worker.poll()
-    assert threads and threads[0] != main_thread
-    kinds = [e.kind for e in events]
-    assert kinds[-1] == "done", [(e.kind, e.error) for e in events]
-    stages = [e.stage for e in events if e.kind == "progress"]
-    assert stages[0] == "load" and "prepare" in stages and stages[-1] == "segment"
-    last = [e for e in events if e.stage == "segment"][-1]
-    assert last.done == last.total >= 1
-    outputs = logic.write_results(events[-1].result, volume)
+    def kill_when_segmenting(event):
+        if event.kind == "progress" and event.stage == "segment" and local.running:
+            local.process.kill()
+
+    job = server_logic.prepare_inputs(volume, "liver", bundle=str(tiny_bundle), options=slow)
+    events = poll_until_done(server_logic.submit(job), kill_when_segmenting)
+    assert events[-1].kind == "error", [(e.kind, e.error) for e in events]
+    message = str(events[-1].error)
+    assert "the inference server stopped during the job" in message and "nothing was written" in message
+    assert "the next job starts a new one" in message
+    assert node_ids(scene) == before  # nothing written, nothing half-made
+    job = server_logic.prepare_inputs(volume, "liver", bundle=str(tiny_bundle))
+    events = poll_until_done(server_logic.submit(job))
+    assert events[-1].kind == "done", [(e.kind, e.error) for e in events]
+    assert local.running and local.process.pid != first_pid
+    expected = server_logic.run(job)  # in process, the same answer
+    np.testing.assert_array_equal(events[-1].result.result.labels, expected.result.labels)
+    outputs = server_logic.write_results(events[-1].result, volume)
     assert outputs.segmentation_node.GetSegmentation().GetNumberOfSegments() == 1
 
 
 def test_cancelling_the_worker_changes_nothing(mrml, logic_module, tiny_bundle, scene):
     from TextGuidedSegLogic.nodes import add_volume_node
 
-    volume = add_volume_node(np.zeros((20, 20, 10), np.int16), np.diag([8, 8, 8, 1.0]), "to cancel")
+    from TextGuidedSegLib.data.phantom import PhantomConfig, make_phantom
+
+    made = make_phantom(PhantomConfig(shape=(40, 40, 20), spacing=(8.0, 8.0, 8.0)))  # a CT the guard accepts
+    volume = add_volume_node(made.image.astype(np.int16), made.affine, "to cancel")
     logic = logic_module.TextGuidedSegLogic()
     job = logic.prepare_inputs(volume, "liver", bundle=str(tiny_bundle))
     before = node_ids(scene)
-    worker = logic_module.Worker(lambda progress, cancel: logic.run(job, progress, cancel))
+    worker = logic_module.ServerJob(lambda progress, cancel: logic.run(job, progress, cancel))
     worker.cancel()  # before the first window: the run stops at once
     worker.start()
     worker.join(120)

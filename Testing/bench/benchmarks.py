@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bench_server import BENCHMARKS as SERVER_BENCHMARKS  # issue 11: textguidedseg serve vs the CLI
 from bench_startup import BENCHMARKS as STARTUP_BENCHMARKS  # issue 16: --help, errors, info under 1 s
 from common import (  # noqa: I001  (Testing/bench on sys.path)
     CT,
@@ -56,6 +57,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "rss_fs48": {"grid": (244, 202, 64), "overlap": 0.0},
         "clipseg_cache": {"size": "moderate", "steps": 8},
         "startup": {"repeats": 5},
+        "server_vs_cli": {"fs": 12, "roi": 64, "model_spacing": 3.0, "repeats": 2, "ct": "small"},
     },
     "full": {
         "postprocess_25": {
@@ -74,6 +76,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "rss_fs48": {"grid": (244, 202, 224), "overlap": 0.0},
         "clipseg_cache": {"size": "moderate", "steps": 8},
         "startup": {"repeats": 11},
+        "server_vs_cli": {"fs": 48, "roi": 96, "model_spacing": 1.5, "repeats": 3, "ct": "full"},
     },
 }
 
@@ -347,6 +350,7 @@ BENCHMARKS = {
     "rss_fs48_5": ("peak RSS, whole volume, fs 48, 5 prompts", "report", None, lambda p: rss_fs48(p, 5)),
     "clipseg_cache": ("CLIPSeg frozen-encoder cache, steps/s cached vs uncached", ">=", 5.0, clipseg_cache),
     **STARTUP_BENCHMARKS,
+    **SERVER_BENCHMARKS,
 }
 SIZE_KEY = {
     "rss_fs48_1": "rss_fs48",

@@ -9,7 +9,8 @@ imported on first use, after the panel has checked the dependencies.
 - :mod:`.parameters`: the panel's parameter node <-> the library's ``SegmentationOptions`` (one mapping).
 - :mod:`.nodes`: volume nodes and oriented images <-> ``(I, J, K)`` arrays (the one axis-order conversion).
 - :mod:`.segments`: writing results into segments (names, colours, terminology, labelmaps).
-- :mod:`.worker`: the worker thread and its event queue.
+- :mod:`.service`: inference out of Slicer's process: the ``textguidedseg serve`` client, the local
+  server process, and the job object the GUI polls.
 - :mod:`.dependencies`: required packages and their ``>=`` floors.
 - :mod:`.prompts`: prompt completion and the checkable structure list.
 - :mod:`.selftest`: phantom volume nodes and Dice, for the in-Slicer self-tests.
@@ -29,7 +30,7 @@ from .logic import (  # noqa: E402 - the library path must be set first
     SegmentNameConflict,
     TextGuidedSegLogic,
 )
-from .worker import Worker, WorkerEvent  # noqa: E402
+from .service import InferenceService, ServerJob, WorkerEvent  # noqa: E402
 
 __all__ = [
     "DEFAULT_BUNDLE",
@@ -39,8 +40,9 @@ __all__ = [
     "InferenceOutput",
     "SegmentNameConflict",
     "SegmentationOutputs",
+    "InferenceService",
+    "ServerJob",
     "TextGuidedSegLogic",
-    "Worker",
     "WorkerEvent",
     "ensure_library_importable",
 ]

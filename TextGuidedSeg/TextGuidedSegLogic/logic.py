@@ -46,7 +46,7 @@ from .nodes import (
     volume_from_oriented_image,
 )
 from .segments import conflicting_names, replace_labelmap, write_segments
-from .worker import Progress
+from .service import InferenceService, Progress, ServerJob, default_service, set_default_service
 
 if TYPE_CHECKING:
     from TextGuidedSegLib.bundle import Bundle
@@ -200,12 +200,14 @@ def _checked_prompt(prompt: str) -> str:
 
 
 def _table_caveat(result: SegmentationResult) -> str:
-    """The short caveat of a result for the results table (its first warning when the bundle's use is not
-    one with a short form)."""
-    from TextGuidedSegLib.inference.provenance import SHORT_CAVEATS
+    """Every warning of a result for the results table, the bundle's fitness caveat (always the first
+    warning) in its short form."""
+    from TextGuidedSegLib.inference.provenance import short_caveat
 
-    use = result.provenance.get("bundle", {}).get("intended_use")
-    return SHORT_CAVEATS.get(use) or result.warnings[0]
+    record = result.provenance
+    use = record.get("bundle", {}).get("intended_use", "")
+    short = short_caveat(use, bool(record.get("input", {}).get("phantom")))
+    return "; ".join([short, *result.warnings[1:]] if short else result.warnings)
 
 
 def mean_values(volume: np.ndarray, labels: np.ndarray, n_labels: int) -> list[float]:
@@ -226,7 +228,9 @@ class TextGuidedSegLogic:
         store: the bundle registry and cache (default: the shipped registry and the per-user cache).
         segmenter_factory: ``factory(bundle, options, progress=False)`` returning a ``Segmenter``-like
             object (tests).
-        max_cached_volumes: how many encoded volumes to keep for re-prompting.
+        max_cached_volumes: how many encoded volumes to keep for re-prompting (in-process :meth:`run`).
+        service: where :meth:`submit` runs jobs (default: a local ``textguidedseg serve`` started on first
+            use; ``InferenceService(url, token)`` for a server the user names).
     """
 
     def __init__(
@@ -234,7 +238,9 @@ class TextGuidedSegLogic:
         store: BundleStore | None = None,
         segmenter_factory: Callable[..., Any] | None = None,
         max_cached_volumes: int = 2,
+        service: InferenceService | None = None,
     ) -> None:
+        self._service = service
         self._store = store
         self._segmenter_factory = segmenter_factory or default_segmenter_factory
         self._max_cached_volumes = max_cached_volumes
@@ -250,6 +256,8 @@ class TextGuidedSegLogic:
         """The module's singleton parameter node in the scene (created on first call)."""
         scene = slicer.mrmlScene
         node = scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
+        if node is not None and node.GetAttribute("ModuleName") != MODULE_NAME:
+            node.SetAttribute("ModuleName", MODULE_NAME)  # a scene close resets the singleton's attributes
         if node is None:
             node = slicer.vtkMRMLScriptedModuleNode()
             node.SetSingletonTag(MODULE_NAME)
@@ -506,6 +514,65 @@ class TextGuidedSegLogic:
             seconds=seconds,
         )
 
+    # -- 2'. out of process: the inference server --------------------------------------------------------
+
+    @property
+    def service(self) -> InferenceService:
+        """Where :meth:`submit` runs jobs: by default a local ``textguidedseg serve`` started on first use."""
+        return self._service if self._service is not None else default_service()
+
+    def use_server(self, url: str | None, token: str | None = None) -> None:
+        """Run later jobs on the server at ``url`` (a lab's GPU machine), or on a local one when None.
+
+        A logic on the shared service (the panel's and the effect's) switches the shared one, so both follow.
+        """
+        new = InferenceService(url, token) if url else None
+        if self._service is None:
+            set_default_service(new)
+        else:
+            self.cleanup()
+            self._service = new
+
+    def submit(self, job: InferenceJob) -> ServerJob:
+        """Start ``job`` on the inference server; poll the returned job on the GUI thread (``poll()``,
+        ``cancel()``, ``running``); its "done" event's ``result`` is an :class:`InferenceOutput`."""
+        return ServerJob(lambda progress, cancel: self.run_on_server(job, progress, cancel)).start()
+
+    def run_on_server(
+        self, job: InferenceJob, progress: Progress | None = None, cancel: threading.Event | None = None
+    ) -> InferenceOutput:
+        """Like :meth:`run`, on the inference server (the volume is sent only if the server lacks it).
+
+        Raises:
+            service.JobCancelled / registry.DownloadCancelled: ``cancel`` was set.
+            service.ServerUnavailable: the server stopped or cannot be reached (a local one is restarted by
+                the next job); service.JobFailed, ServerError: the server's message says what to fix.
+        """
+        started = time.perf_counter()
+        report = progress or (lambda stage, done, total: None)
+        service = self.service
+        # a local server reads the bundle from this machine (downloaded here, with progress); a remote one
+        # resolves the name itself
+        bundle = str(self.resolve_bundle(job.bundle, report, cancel)) if service.is_local else job.bundle
+        report("load", 0, None)
+        result, status = service.run(job, bundle, report, cancel)
+        if not status["reused_encoding"]:
+            self.encode_count += 1
+        seconds = time.perf_counter() - started
+        return InferenceOutput(
+            job=job,
+            result=result,
+            bundle_name="{name}=={version}".format(**result.provenance.get("bundle", {})),
+            mean_hu=mean_values(job.volume.array, result.labels, len(result.segments)),
+            reused_encoding=bool(status["reused_encoding"]),
+            seconds=seconds,
+        )
+
+    def cleanup(self) -> None:
+        """Stop this logic's own local inference server (the shared default one stops at exit)."""
+        if self._service is not None:
+            self._service.stop()
+
     # -- 3. main thread: write MRML ----------------------------------------------------------------------
 
     def conflicting_segment_names(self, segmentation_node: Any, output: InferenceOutput) -> list[str]:
@@ -569,6 +636,7 @@ class TextGuidedSegLogic:
                 result.segments,
                 ijk_to_ras(volume_node),
                 replace_labelmap(segmentation_node),
+                masks=result.masks,  # overlapping structures: each segment its own mask
             )
             outputs = SegmentationOutputs(
                 segmentation_node=segmentation_node, segment_ids=segment_ids, output=output

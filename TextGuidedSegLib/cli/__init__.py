@@ -41,6 +41,7 @@ from TextGuidedSegLib.cli import (
     info,
     phantoms,
     segment,
+    serve,
 )
 
 __all__ = ["VERBS", "build_parser", "main"]
@@ -51,7 +52,7 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 LOG_LEVEL_HELP = "how much to log (default: INFO)"
 
 # The verb modules in the order of ``textguidedseg --help``.
-VERBS = (segment, evaluate, demo, phantoms, encode_prompts, clipseg_bench, info, bundles)
+VERBS = (segment, evaluate, demo, phantoms, encode_prompts, clipseg_bench, info, bundles, serve)
 
 
 class _Parser(argparse.ArgumentParser):
