@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO_ROOT
 
 MODULE_FOLDERS = ("TextGuidedSeg", "TextGuidedSegEffect")
-PACKAGED_SUFFIXES = {".py", ".ui", ".png", ".svg", ".json", ".csv", ".txt", ".qss"}
+PACKAGED_SUFFIXES = {".py", ".ui", ".png", ".svg", ".json", ".csv", ".txt", ".qss", ".nrrd"}
 UI_FILE = REPO_ROOT / "TextGuidedSeg" / "Resources" / "UI" / "TextGuidedSeg.ui"
 PANEL_FILE = REPO_ROOT / "TextGuidedSeg" / "TextGuidedSeg.py"
 PARAMETERS_FILE = REPO_ROOT / "TextGuidedSeg" / "TextGuidedSegLogic" / "parameters.py"
@@ -234,3 +234,89 @@ def test_registry_json_is_packaged_with_the_library():
     data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
     patterns = data["tool"]["setuptools"]["package-data"]["TextGuidedSegLib"]
     assert any(fnmatch.fnmatch("resources/registry.json", pattern) for pattern in patterns)
+
+
+# -- Extensions Index readiness (issue 11) ------------------------------------------------------------------
+
+#: Keys of the Extensions Index catalog entry schema v1.0.1/v1.0.2 (Slicer/ExtensionsIndex schemas/).
+INDEX_KEYS = {
+    "$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies", "build_subdirectory",
+    "enabled", "tier", "dicom_support_rule",
+}  # fmt: skip
+#: "First Last (Organisation)", as the Extensions Index asks of EXTENSION_CONTRIBUTORS.
+CONTRIBUTOR = re.compile(r"^[A-Z][\w.'-]*(?: [A-Z][\w.'-]*)+ \([^()]+\)$")
+SAMPLE_FOLDER = REPO_ROOT / "TextGuidedSeg" / "Resources" / "SampleData"
+
+
+def cmake_value(field: str) -> str:
+    match = re.search(
+        rf'set\(\s*{field}\s+"((?:[^"\\]|\\.)+)"\s*\)', (REPO_ROOT / "CMakeLists.txt").read_text()
+    )
+    assert match, f"{field} is not set in CMakeLists.txt"
+    return match.group(1)
+
+
+def test_extensions_index_entry_follows_the_catalog_schema():
+    import json
+
+    entry = json.loads((REPO_ROOT / "TextGuidedSeg.json").read_text())
+    assert set(entry) <= INDEX_KEYS, f"keys the schema does not allow: {sorted(set(entry) - INDEX_KEYS)}"
+    assert {"$schema", "category", "scm_url"} <= set(entry)
+    assert re.fullmatch(
+        r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
+        r"slicer-extension-catalog-entry-schema-v1\.0\.[12]\.json#",
+        entry["$schema"],
+    )
+    assert entry["build_dependencies"] == ["PyTorch"]
+    assert entry["category"] == cmake_value("EXTENSION_CATEGORY")
+    assert entry["scm_url"] == cmake_value("EXTENSION_HOMEPAGE")
+    assert isinstance(entry["tier"], int) and 1 <= entry["tier"] <= 5
+    assert entry["scm_revision"] and entry.get("build_subdirectory", ".") == "."
+
+
+def test_contributors_are_first_last_organisation():
+    contributors = [c.strip() for c in cmake_value("EXTENSION_CONTRIBUTORS").split(",")]
+    assert contributors and all(CONTRIBUTOR.match(c) for c in contributors), contributors
+    for module in ("TextGuidedSeg/TextGuidedSeg.py", "TextGuidedSegEffect/TextGuidedSegEffect.py"):
+        listed = re.search(r"contributors = \[([^\]]*)\]", (REPO_ROOT / module).read_text()).group(1)
+        names = re.findall(r'"([^"]+)"', listed)
+        assert names and all(CONTRIBUTOR.match(n) for n in names), (module, names)
+
+
+def test_cmake_minimum_is_slicer_5_10_template():
+    # Slicer 5.10's Utilities/Templates/Extensions/Default/CMakeLists.txt
+    first = (REPO_ROOT / "CMakeLists.txt").read_text().splitlines()[0]
+    assert first == "cmake_minimum_required(VERSION 3.20.6...3.22.6 FATAL_ERROR)"
+
+
+def test_license_and_screenshot_exist():
+    license_text = (REPO_ROOT / "LICENSE.txt").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "Apache-2.0" in (REPO_ROOT / "pyproject.toml").read_text()
+    screenshot = re.fullmatch(
+        r"https://raw\.githubusercontent\.com/[^/]+/[^/]+/main/(\S+)", cmake_value("EXTENSION_SCREENSHOTURLS")
+    )
+    assert screenshot, "EXTENSION_SCREENSHOTURLS must be one raw.githubusercontent.com URL on main"
+    path = REPO_ROOT / screenshot.group(1)
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert width >= 640 and height >= 300 and len(data) < 500_000, (width, height, len(data))
+
+
+def test_sample_data_checksums_match_the_files():
+    import hashlib
+    import json
+
+    manifest = json.loads((SAMPLE_FOLDER / "SampleData.json").read_text())
+    total = 0
+    for source in manifest["sources"]:
+        assert (SAMPLE_FOLDER / source["thumbnail"]).is_file()
+        for entry in source["files"]:
+            data = (SAMPLE_FOLDER / entry["fileName"]).read_bytes()
+            total += len(data)
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"], (
+                f"{entry['fileName']} changed: rerun Testing/tools/make_sample_data.py"
+            )
+            assert entry["loadFileType"] in {"VolumeFile", "SegmentationFile"}
+    assert total < 4 * 2**20, f"sample data is {total / 2**20:.1f} MB: keep it to a few MB"

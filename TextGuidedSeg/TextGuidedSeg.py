@@ -5,8 +5,8 @@ The four Slicer roles:
 - :class:`TextGuidedSeg`: module metadata; at start-up it loads the terminology context of the structures
   that Slicer's General Anatomy list lacks.
 - :class:`TextGuidedSegWidget`: the panel. It only wires the user interface: the work is done by
-  :class:`TextGuidedSegLogic` (``TextGuidedSegLogic/``, Qt-free, usable from the Python console) in a
-  worker thread, and MRML is written on the main thread when the job ends.
+  :class:`TextGuidedSegLogic` (``TextGuidedSegLogic/``, Qt-free, usable from the Python console) in an
+  inference server process (``textguidedseg serve``); MRML is written on the main thread when the job ends.
 - :class:`TextGuidedSegLogic`: imported from the ``TextGuidedSegLogic`` package.
 - :class:`TextGuidedSegTest`: in-Slicer self-test on a phantom with the demo bundle (Dice per structure).
 
@@ -35,10 +35,10 @@ from slicer.util import VTKObservationMixin
 from TextGuidedSegLogic import (
     DEFAULT_BUNDLE,
     TextGuidedSegLogic,
-    Worker,
 )
 from TextGuidedSegLogic.parameters import option_parameter_names, option_parameters, options_from_parameters
 from TextGuidedSegUI import PromptCompleter, ensureDependencies
+from TextGuidedSegUI.selftests import PanelDefectTests
 
 __all__ = [
     "TextGuidedSeg",
@@ -54,8 +54,6 @@ SETTINGS_GROUP = "TextGuidedSeg"
 PERSISTENT_PARAMETERS = ("bundle", *option_parameter_names())
 DEVICES = (("auto", "Auto"), ("cpu", "CPU"), ("cuda", "CUDA (GPU)"))
 POLL_INTERVAL_MS = 50
-#: Each poll sleeps this long while a job runs, releasing the GIL to the worker thread (see worker.py).
-GIL_YIELD_SECONDS = 0.015
 STAGE_TEXT = {
     "download": "Downloading the model bundle",
     "load": "Loading the model bundle",
@@ -77,7 +75,7 @@ class TextGuidedSeg(ScriptedLoadableModule):
         self.parent.title = _("Text-Guided Segmentation")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = ["Segmentations"]
-        self.parent.contributors = ["TextGuidedSeg developers"]
+        self.parent.contributors = ["TextGuidedSeg Developers (TextGuidedSeg Project)"]
         self.parent.helpText = _(
             "Segment a CT from a text prompt such as <i>liver, spleen and both kidneys</i>. Each structure "
             "becomes a segment with its name, SNOMED CT terminology code and recommended colour. The same "
@@ -89,6 +87,7 @@ class TextGuidedSeg(ScriptedLoadableModule):
             "list follows the CLIP-Driven Universal Model (Liu et al., ICCV 2023)."
         )
         slicer.app.connect("startupCompleted()", loadTerminologyContext)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def loadTerminologyContext() -> None:
@@ -110,6 +109,16 @@ def loadTerminologyContext() -> None:
             terminologies.LoadTerminologyFromFile(str(path))
     except Exception:  # noqa: BLE001 - a missing context only affects the terminology selector's display
         logging.exception("TextGuidedSeg: could not load its terminology context")
+
+
+def registerSampleData() -> None:
+    """Register the sample phantom CT with the Sample Data module (category "TextGuidedSeg")."""
+    try:
+        from TextGuidedSegUI.sampledata import registerSampleData as register
+
+        register()
+    except Exception:  # noqa: BLE001 - missing sample data must not break the module
+        logging.exception("TextGuidedSeg: could not register its sample data")
 
 
 #
@@ -154,7 +163,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic: TextGuidedSegLogic | None = None
         self._parameterNode: TextGuidedSegParameterNode | None = None
         self._parameterNodeGuiTag = None
-        self._worker: Worker | None = None
+        self._worker = None  # the ServerJob of the running job (logic.submit)
         self._job = None
         self._updatingStructureList = False
         self._vocabulary: list[str] = []
@@ -176,10 +185,15 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = TextGuidedSegLogic()
 
-        self.promptCompleter = PromptCompleter(self.ui.promptLineEdit)
+        # Enter applies only when the completion popup is closed (TextGuidedSegUI.completer)
+        self.promptCompleter = PromptCompleter(
+            self.ui.promptLineEdit,
+            onAccept=lambda: self.onApplyButton(),
+            isRunning=lambda: self._worker is not None,
+        )
         self.ui.promptLineEdit.connect("textChanged(QString)", self.onPromptChanged)
-        self.ui.promptLineEdit.connect("returnPressed()", self.onApplyButton)
         self.ui.structureListWidget.connect("itemChanged(QListWidgetItem*)", self.onStructureToggled)
+        self.ui.tryItLabel.connect("linkActivated(QString)", self.onTryIt)
         self.ui.structureSearchLineEdit.connect("textChanged(QString)", self.onStructureSearchChanged)
 
         for key, label in DEVICES:
@@ -226,7 +240,11 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
 
     def onSceneStartClose(self, caller, event) -> None:
-        """The scene is about to close: forget the parameter node."""
+        """The scene is about to close: cancel a running job (nothing will be written) and forget the
+        parameter node."""
+        if self._worker is not None:
+            self._worker.cancel()
+            self.ui.statusLabel.text = _("Cancelling: the scene is closing...")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -461,13 +479,21 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # -- apply, progress, cancel -------------------------------------------------------------------------
 
     def onApplyButton(self) -> None:
-        """Check dependencies, copy the inputs and start the worker thread."""
+        """Check dependencies, copy the inputs and submit the job to the inference server."""
         if self._worker is not None or not self.ui.applyButton.enabled:
             return
         if not ensureDependencies(self._showStatus):
             return
         parameters = self._parameterNode
         if not self._licenseAccepted(parameters.bundle):
+            return
+        from TextGuidedSegLogic.prompts import read_prompt
+
+        reading = read_prompt(parameters.prompt, self._taxonomy)  # the parse guessed: ask before running
+        if reading.guessed and not slicer.util.confirmOkCancelDisplay(
+            reading.message + "\n\n" + _("Run with this reading of the prompt?"),
+            windowTitle=_("Check the prompt"),
+        ):
             return
         with slicer.util.tryWithErrorDisplay(_("Cannot start the segmentation."), waitCursor=True):
             self._job = self.logic.prepare_inputs(
@@ -478,13 +504,24 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             )
             self._saveSettings()
             job, logic = self._job, self.logic
-            self._worker = Worker(lambda progress, cancel: logic.run(job, progress, cancel))
-            self._worker.start()
+            self._worker = logic.submit(job)  # runs in the inference server process
             self._pollTimer.start()
             self.ui.progressBar.show()
             self.ui.progressBar.setRange(0, 0)
             self.ui.statusLabel.text = _("Starting...")
             self._updateButtons()
+
+    def onTryIt(self, link: str = "") -> None:
+        """The "Try it" link: load the sample phantom CT (and its reference segmentation), select it."""
+        from TextGuidedSegUI.sampledata import loadSampleData
+
+        with slicer.util.tryWithErrorDisplay(_("Could not load the sample data."), waitCursor=True):
+            volumeNode = loadSampleData()
+            if self._parameterNode is not None:
+                self._parameterNode.inputVolume = volumeNode
+                if not self._parameterNode.prompt.strip():
+                    self._parameterNode.prompt = "liver and spleen"
+            self.ui.statusLabel.text = _("Sample CT loaded: press Apply.")
 
     def _licenseAccepted(self, bundle: str) -> bool:
         """Ask once per user before a bundle whose licence must be accepted (non-commercial weights) runs."""
@@ -520,7 +557,7 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._worker is None:
             self._pollTimer.stop()
             return
-        for event in self._worker.poll(GIL_YIELD_SECONDS):
+        for event in self._worker.poll():
             if event.kind == "progress":
                 self._showProgress(event.stage, event.done, event.total)
             elif event.kind == "done":
@@ -560,7 +597,19 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateButtons()
 
     def _writeResults(self, output) -> None:
-        """Write the finished job into the scene (main thread); confirm replacing segments first."""
+        """Write the finished job into the scene (main thread); confirm replacing segments first.
+
+        Writes nothing when the scene was closed or the input volume removed while the job ran (the reason
+        goes to the status line and the error display).
+        """
+        from TextGuidedSegLogic.interaction import can_write_results
+
+        volumeNode = slicer.mrmlScene.GetNodeByID(output.job.volume_node_id)
+        reason = can_write_results(self._parameterNode is not None, volumeNode is not None)
+        if reason is not None:
+            self.ui.statusLabel.text = _("Not written: {reason}.").format(reason=reason)
+            slicer.util.errorDisplay(_("The segmentation was not written: {reason}.").format(reason=reason))
+            return
         segmentationNode = self._parameterNode.outputSegmentation
         conflicts = self.logic.conflicting_segment_names(segmentationNode, output)
         replace = False
@@ -576,7 +625,6 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "Not written: choose another output segmentation or allow replacing."
                 )
                 return
-        volumeNode = slicer.mrmlScene.GetNodeByID(output.job.volume_node_id)
         with slicer.util.tryWithErrorDisplay(_("Could not write the segmentation."), waitCursor=True):
             outputs = self.logic.write_results(output, volumeNode, segmentationNode, replace_existing=replace)
             self._parameterNode.outputSegmentation = outputs.segmentation_node
@@ -597,8 +645,9 @@ class TextGuidedSegWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 #
 
 
-class TextGuidedSegTest(ScriptedLoadableModuleTest):
-    """In-Slicer self-test: the panel's logic on a phantom with the demo bundle, Dice per structure.
+class TextGuidedSegTest(ScriptedLoadableModuleTest, PanelDefectTests):
+    """In-Slicer self-test: the panel's logic on a phantom with the demo bundle, Dice per structure, and one
+    test per GUI defect of issue 11 (``TextGuidedSegUI.selftests.PanelDefectTests``).
 
     Run it from the Self Tests module, with ``Slicer --testing --python-code "..."`` (see the README) or with
     ctest in a build tree.
@@ -612,6 +661,15 @@ class TextGuidedSegTest(ScriptedLoadableModuleTest):
         self.test_PhantomDice()
         self.setUp()
         self.test_PanelApply()
+        for test in (
+            self.test_PanelEnterWithOpenCompleter,
+            self.test_PanelParameterNodeAfterSceneClose,
+            self.test_PanelWriteResultsAfterSceneClose,
+            self.test_PanelSceneCloseCancelsJob,
+            self.test_PanelTryItLoadsSampleData,
+        ):
+            self.setUp()
+            test()
 
     def _demoBundle(self):
         """The demo bundle's path; the Python packages must be installed (open the module, Apply once)."""
@@ -699,7 +757,7 @@ class TextGuidedSegTest(ScriptedLoadableModuleTest):
             if widget._worker is None:
                 break
             slicer.app.processEvents()
-            time.sleep(0.1)  # releases the GIL to the worker thread
+            time.sleep(0.1)  # the job runs in the inference server process
         self.assertIsNone(widget._worker, "the panel's job did not finish")
         segmentationNode = widget.ui.outputSegmentationSelector.currentNode()
         self.assertIsNotNone(segmentationNode, widget.ui.statusLabel.text)

@@ -1,18 +1,21 @@
 """Which Python packages the library needs in Slicer's Python, and which are missing or too old.
 
 Nothing is imported or installed at module start-up. On the first Apply the widget calls
-:func:`missing_requirements`; PyTorch goes through the PyTorch extension's ``PyTorchUtils`` when it is
-installed (it picks the build for the machine's CUDA), the rest through ``slicer.util.pip_install`` with the
-``>=`` floors below (the same floors as the library's ``pyproject.toml``). Packages Slicer ships itself
-(numpy, SimpleITK) are never reinstalled: replacing them breaks Slicer.
+:func:`missing_requirements`; PyTorch goes only through the PyTorch extension's ``PyTorchUtils`` (it picks
+the build for the machine's CUDA), the rest through ``pip install -c constraints.txt`` with the ``>=`` floors
+below (the same floors as the library's ``pyproject.toml``). The constraints file
+(:func:`constraints_text`) pins every distribution already installed in Slicer's Python (numpy, SimpleITK,
+torch, ...) to its installed version, so pip can add packages but never replace what Slicer ships.
+:func:`packages_needing_restart` says when an upgraded package had already been imported (restart Slicer).
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 
@@ -111,6 +114,82 @@ def missing_requirements(
 def pip_arguments(missing: Sequence[MissingRequirement]) -> list[str]:
     """``pip install`` arguments for the missing requirements, PyTorch excluded (see :data:`TORCH`)."""
     return [m.requirement.specifier for m in missing if m.requirement.distribution != TORCH.distribution]
+
+
+def canonical_name(distribution: str) -> str:
+    """PEP 503 normalised distribution name: ``"PyYAML"`` and ``"pyyaml"``, ``"Foo_Bar"`` -> ``"foo-bar"``."""
+    return re.sub(r"[-_.]+", "-", distribution).lower()
+
+
+def installed_versions() -> dict[str, str]:
+    """``{canonical name: version}`` of every distribution installed in this Python (Slicer's)."""
+    importlib.invalidate_caches()  # see what a pip subprocess just installed
+    versions = {}
+    for distribution in importlib.metadata.distributions():
+        name, version = distribution.metadata["Name"], distribution.version
+        if name and version:
+            versions[canonical_name(name)] = version
+    return versions
+
+
+def constraints_text(installed: Mapping[str, str], upgrading: Iterable[str] = ()) -> str:
+    """A pip constraints file pinning every installed distribution except those being installed or upgraded.
+
+    Args:
+        installed: ``{name: version}`` (:func:`installed_versions`).
+        upgrading: distributions pip may install or change (the missing requirements).
+
+    Returns:
+        One ``name==version`` line per pinned distribution, sorted, ending with a newline.
+    """
+    free = {canonical_name(name) for name in upgrading}
+    pinned = sorted((canonical_name(n), v) for n, v in installed.items() if canonical_name(n) not in free)
+    return "".join(f"{name}=={version}\n" for name, version in pinned)
+
+
+def pip_install_arguments(missing: Sequence[MissingRequirement], constraints_path: str) -> list[str]:
+    """The argument list for ``slicer.util.pip_install``: the missing requirements (PyTorch excluded), then
+    ``-c constraints_path``; empty when nothing but PyTorch is missing."""
+    requirements = pip_arguments(missing)
+    return [*requirements, "-c", str(constraints_path)] if requirements else []
+
+
+def packages_needing_restart(
+    before: Mapping[str, str],
+    after: Mapping[str, str],
+    imported_modules: Iterable[str],
+    modules_of: Mapping[str, Iterable[str]],
+) -> list[str]:
+    """The distributions whose version changed (or that appeared) while one of their modules was imported:
+    the running Slicer still uses the old code, so it must restart.
+
+    Args:
+        before, after: ``{name: version}`` before and after installing (:func:`installed_versions`).
+        imported_modules: names of the imported modules (``sys.modules``).
+        modules_of: canonical distribution name -> its top-level module names (:func:`distribution_modules`).
+
+    Returns:
+        ``"name old -> new"`` for each such distribution, sorted by name.
+    """
+    top_level = {name.split(".")[0] for name in imported_modules}
+    before = {canonical_name(n): v for n, v in before.items()}
+    changed = []
+    for name, version in sorted((canonical_name(n), v) for n, v in after.items()):
+        old = before.get(name)
+        if old == version:
+            continue
+        if top_level & set(modules_of.get(name, ())):
+            changed.append(f"{name} {old or '(none)'} -> {version}")
+    return changed
+
+
+def distribution_modules() -> dict[str, set[str]]:
+    """Canonical distribution name -> its top-level module names (``pyyaml`` -> ``{"yaml"}``)."""
+    modules: dict[str, set[str]] = {}
+    for module, distributions in importlib.metadata.packages_distributions().items():
+        for distribution in distributions:
+            modules.setdefault(canonical_name(distribution), set()).add(module)
+    return modules
 
 
 def describe_devices() -> str:

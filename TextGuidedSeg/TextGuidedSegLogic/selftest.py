@@ -77,6 +77,19 @@ def truth_mask(phantom: Any, class_name: str) -> np.ndarray:
     return np.isin(phantom.labels, label_ids)
 
 
+def patient_right_half(shape: tuple[int, int, int], affine: np.ndarray) -> np.ndarray:
+    """``(I, J, K)`` bool mask of the voxels on the patient's right of the volume's centre.
+
+    Computed from the voxel-to-RAS ``affine`` (in RAS, x grows towards the patient's right), so it holds for
+    any orientation: a voxel is on the right when its RAS x is above the x of the volume's centre.
+    """
+    affine = np.asarray(affine, dtype=np.float64)
+    centre = (np.asarray(shape, dtype=np.float64) - 1) / 2
+    i, j, k = np.meshgrid(*(np.arange(n) for n in shape), indexing="ij")
+    x = affine[0, 0] * i + affine[0, 1] * j + affine[0, 2] * k
+    return x > affine[0, :3] @ centre
+
+
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     """Dice overlap of two boolean masks (1.0 when both are empty): the library's ``dice_score``, imported
     when a self-test runs (the packages are installed by then)."""

@@ -3,8 +3,9 @@
 One structure fills the selected segment (or a new one when none is selected); several structures create or
 update one segment each, named, coloured and terminology-coded. Writes go through the editor's
 ``modifySegmentByLabelmap``, so the editable area and the overwrite setting apply, and each Apply can be
-undone (``saveStateForUndo`` before writing). Inference runs in a worker thread with the module's Qt-free
-logic; the encoded source volume is kept while the source volume is unchanged, so re-prompting is quick.
+undone (``saveStateForUndo`` before writing). Inference runs in the module's inference server process
+(``textguidedseg serve``, through the Qt-free logic); the encoded source volume is kept while the source
+volume is unchanged, so re-prompting is quick.
 """
 
 import logging
@@ -15,7 +16,6 @@ import slicer
 from SegmentEditorEffects import AbstractScriptedSegmentEditorEffect
 
 POLL_INTERVAL_MS = 50
-GIL_YIELD_SECONDS = 0.015  # each poll releases the GIL this long to the worker thread (see worker.py)
 
 _logic = None
 
@@ -83,9 +83,11 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         self.promptLineEdit.placeholderText = "e.g. liver, or spleen and both kidneys"
         self.promptLineEdit.toolTip = "Structures to segment, separated by commas or 'and'."
         self.scriptedEffect.addLabeledOptionsWidget("Prompt:", self.promptLineEdit)
-        self.promptCompleter = PromptCompleter(self.promptLineEdit)
+        # Enter applies only when the completion popup is closed (TextGuidedSegUI.completer)
+        self.promptCompleter = PromptCompleter(
+            self.promptLineEdit, onAccept=lambda: self.onApply(), isRunning=lambda: self._worker is not None
+        )
         self.promptLineEdit.connect("textChanged(QString)", self.updateMRMLFromGUI)
-        self.promptLineEdit.connect("returnPressed()", self.onApply)
 
         self.bundleComboBox = qt.QComboBox()
         self.bundleComboBox.toolTip = (
@@ -184,40 +186,61 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
     # -- apply ----------------------------------------------------------------------------------------
 
     def onApply(self) -> None:
-        """Start the inference in a worker thread; the segments are written when it ends."""
+        """Submit the job to the inference server; the segments are written when it ends."""
         if self._worker is not None or not self.promptLineEdit.text.strip():
             return
         from TextGuidedSegUI import ensureDependencies
 
         if not ensureDependencies(self._showStatus):
             return
-        from TextGuidedSegLogic import Worker
         from TextGuidedSegLogic.parameters import options_from_parameters
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
         sourceVolumeNode = self._sourceVolumeNode(parameterSetNode)
-        if sourceVolumeNode is None:
-            self._showStatus("Select a source volume first.")
+        sourceImage = self._sourceImage()
+        if sourceVolumeNode is None or sourceImage is None:
+            # sourceVolumeImageData() is None until a source volume is set (and while it has no voxels)
+            self._showStatus("Select a source volume first (the Segment Editor's source volume is empty).")
+            return
+        from TextGuidedSegLogic.prompts import read_prompt, taxonomy_for_names
+
+        choice = self._choices.get(self.scriptedEffect.parameter("Bundle"))
+        taxonomy = taxonomy_for_names(choice.vocabulary if choice else [])
+        reading = read_prompt(self.promptLineEdit.text, taxonomy)
+        self._showStatus(reading.message)  # what the prompt is read as; ask first when the parse guessed
+        if reading.guessed and not slicer.util.confirmOkCancelDisplay(
+            reading.message + "\n\nRun with this reading of the prompt?",
+            windowTitle="Text prompt: check the prompt",
+        ):
             return
         logic = self.logic
         with slicer.util.tryWithErrorDisplay("Cannot start the segmentation.", waitCursor=True):
             # the panel's remembered device; every other option keeps its default (the bundle's values)
             remembered = {"device": str(qt.QSettings().value("TextGuidedSeg/device", "auto"))}
             self._job = logic.prepare_image_inputs(
-                self._sourceImage(),
+                sourceImage,
                 sourceVolumeNode,
                 self.promptLineEdit.text,
                 self.scriptedEffect.parameter("Bundle"),
                 options_from_parameters(remembered),
             )
             job = self._job
-            self._worker = Worker(lambda progress, cancel: logic.run(job, progress, cancel))
-            self._worker.start()
+            self._worker = logic.submit(job)  # runs in the inference server process
             self._pollTimer.start()
             self.progressBar.setRange(0, 0)
             self.progressBar.show()
             self._showStatus("Starting...")
             self._updateButtons()
+
+    def cleanup(self) -> None:
+        """Called by qMRMLSegmentEditorWidget before it deletes this effect: stop polling, cancel the job (its
+        result is dropped) and disconnect the timer, so nothing outlives the C++ effect."""
+        self._pollTimer.stop()
+        self._pollTimer.disconnect("timeout()", self.onPollWorker)
+        if self._worker is not None:
+            self._worker.cancel()
+            self._worker = None
+        self._job = None
 
     def onCancel(self) -> None:
         if self._worker is not None:
@@ -229,7 +252,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         if self._worker is None:
             self._pollTimer.stop()
             return
-        for event in self._worker.poll(GIL_YIELD_SECONDS):
+        for event in self._worker.poll():
             if event.kind == "progress":
                 if event.total:
                     self.progressBar.setRange(0, int(event.total))
@@ -256,11 +279,13 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
         from TextGuidedSegLogic.segments import write_segments
 
         parameterSetNode = self.scriptedEffect.parameterSetNode()
-        segmentationNode = parameterSetNode.GetSegmentationNode()
-        sourceVolumeNode = self._sourceVolumeNode(parameterSetNode)
+        segmentationNode = parameterSetNode.GetSegmentationNode() if parameterSetNode is not None else None
+        sourceVolumeNode = self._sourceVolumeNode(parameterSetNode) if parameterSetNode is not None else None
+        sourceImage = self._sourceImage() if sourceVolumeNode is not None else None
         if (
             segmentationNode is None
-            or oriented_image_fingerprint(self._sourceImage(), sourceVolumeNode) != output.job.fingerprint
+            or sourceImage is None
+            or oriented_image_fingerprint(sourceImage, sourceVolumeNode) != output.job.fingerprint
         ):
             self._showStatus("The source volume or segmentation changed while segmenting: apply again.")
             return
@@ -281,6 +306,7 @@ class SegmentEditorEffect(AbstractScriptedSegmentEditorEffect):
                 modify,
                 selected_segment_id=parameterSetNode.GetSelectedSegmentID() or None,
                 extent_start=output.job.extent_start,
+                masks=output.result.masks,
             )
             if len(segmentIds) == 1:
                 parameterSetNode.SetSelectedSegmentID(segmentIds[0])
