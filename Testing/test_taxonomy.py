@@ -241,7 +241,8 @@ def test_vocabulary_is_unique_and_parseable(taxonomy):
         assert expected in vocabulary
     for phrase in vocabulary:
         assert parse_prompt(phrase, taxonomy, allow_free_text=False), phrase
-    assert len({tuple(classes(p)) for p in vocabulary}) == 32 + 4  # + kidneys, adrenals, lungs, femoral heads
+    # + kidneys, adrenals, lungs, femoral heads; abdominal, pelvic and thoracic organs
+    assert len({tuple(classes(p)) for p in vocabulary}) == 32 + 4 + 3
 
 
 def test_ambiguous_synonyms_are_rejected(taxonomy):
@@ -435,11 +436,10 @@ def test_free_text_queries():
     assert len(parse_prompt("pleural effusion, Pleural Effusion")) == 1
 
 
-def test_leftover_words_are_ignored_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="TextGuidedSegLib.taxonomy"):
-        assert classes("liver with cirrhosis") == ["liver"]
-    assert "ignoring 'cirrhosis'" in caplog.text
-    caplog.clear()
+def test_unknown_words_are_never_dropped(caplog):
+    with pytest.raises(PromptError, match="Unrecognised words: 'cirrhosis'"):
+        classes("liver with cirrhosis", allow_free_text=False)
+    assert [q.text for q in parse_prompt("liver with cirrhosis")] == ["liver with cirrhosis"]  # free text
     with caplog.at_level(logging.WARNING, logger="TextGuidedSegLib.taxonomy"):
         assert classes("please segment the spleen from this CT") == ["spleen"]
     assert caplog.text == ""
@@ -458,14 +458,17 @@ def test_unrecognised_text_in_strict_mode_is_an_error():
     assert message.startswith(
         "could not recognise 'hepatic cyst near the hilum' in the prompt "
         "'liver and the hepatic cyst near the hilum': it is not a structure this model knows, and free text "
-        "cannot be used here (only a bundle with a text encoder can encode it). It knows: Spleen, "
+        "cannot be used here (only a bundle with a text encoder can encode it). Unrecognised words: 'near', "
+        "'hilum'. It knows: Spleen, "
         "Right Kidney, Left Kidney, "
     ), message
     assert message.endswith("."), message
     assert "Inferior Vena Cava" in message
     assert "inferior_vena_cava" not in message and "universal32" not in message  # display names only
     assert isinstance(excinfo.value, ValueError)
-    with pytest.raises(PromptError, match=r"can encode it\)\. Did you mean 'spleen'\? It knows: "):
+    with pytest.raises(
+        PromptError, match=r"Unrecognised words: 'splen'\. Did you mean 'spleen', 'splenic'\? It knows: "
+    ):
         parse_prompt("splen", allow_free_text=False)
 
 

@@ -130,6 +130,31 @@ SYNONYMS: dict[str, list[str]] = {
     "bone_lesion": ["bone lesions", "bone metastasis", "bone metastases", "osseous lesion"],
     "coronary_arteries": ["coronary artery", "coronaries"],
     "brachiocephalic_trunk": ["innominate artery"],
+    # adjectives and lay names users type (issue 12); a finding word next to them names a finding of the organ
+    "kidney": ["renal"],
+    "adrenal_gland": ["adrenal", "adrenal glands", "suprarenal", "suprarenal gland", "suprarenal glands"],
+    "gallbladder": ["cholecyst", "gall-bladder"],
+    "esophagus": ["gullet", "esophageal", "oesophageal", "food pipe"],
+    "stomach": ["gastric"],
+    "duodenum": ["duodenal"],
+    "colon": ["colonic"],
+    "rectum": ["rectal"],
+    "prostate": ["prostatic"],
+    "inferior_vena_cava": ["inferior caval vein"],
+    "femur": ["thighbone", "thigh bone"],
+    "scapula": ["shoulder blade"],
+    "tibia": ["shinbone", "shin bone"],
+    "patella": ["kneecap", "knee cap"],
+    "sacrum": ["sacral bone"],
+}
+# More names, appended after the synonyms above (adjectives of curated universal32 organs and of groups).
+EXTRA_SYNONYMS: dict[str, list[str]] = {
+    "liver": ["hepatic", "liver parenchyma"],
+    "spleen": ["splenic"],
+    "pancreas": ["pancreatic"],
+    "aorta": ["aortic"],
+    "lung": ["pulmonary"],
+    "clavicle": ["collar bone"],
 }
 # Source label names that the generic aliases do not catch (VISTA3D, BTCV spellings and typos).
 ALIASES: dict[str, list[str]] = {
@@ -164,6 +189,16 @@ GROUPS = [
      "parts": ["right_lung_upper_lobe", "right_lung_middle_lobe", "right_lung_lower_lobe",
                "left_lung_upper_lobe", "left_lung_lower_lobe"]},
     {"class_name": "iliac_vessels", "name": "Iliac Vessels", "parts": ["iliac_artery", "iliac_vein"]},
+    {"class_name": "abdominal_organs", "name": "Abdominal Organs",
+     "synonyms": ["abdominal viscera", "organs of the abdomen", "upper abdominal organs"],
+     "parts": ["liver", "spleen", "pancreas", "kidney", "adrenal_gland", "gallbladder", "stomach", "duodenum",
+               "small_intestine", "colon"]},
+    {"class_name": "pelvic_organs", "name": "Pelvic Organs",
+     "synonyms": ["pelvic viscera", "organs of the pelvis"],
+     "parts": ["urinary_bladder", "prostate", "rectum"]},
+    {"class_name": "thoracic_organs", "name": "Thoracic Organs",
+     "synonyms": ["thoracic viscera", "chest organs", "organs of the chest"],
+     "parts": ["lung", "heart", "esophagus", "trachea"]},
 ]  # fmt: skip
 LOBE_ABBREVIATIONS = {
     "right_lung_upper_lobe": ["RUL", "right upper lobe"],
@@ -390,7 +425,7 @@ def main() -> None:
             entries[parent]["parts"].append(entry["class_name"])
     for class_name, parts in PARTS.items():
         entries[class_name]["parts"] = parts
-    for class_name, words in {**SYNONYMS, **LOBE_ABBREVIATIONS}.items():
+    for class_name, words in [*SYNONYMS.items(), *LOBE_ABBREVIATIONS.items(), *EXTRA_SYNONYMS.items()]:
         for word in words:
             if word not in entries[class_name]["synonyms"]:
                 entries[class_name]["synonyms"].append(word)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -142,3 +143,46 @@ def filter_structure_names(names: Sequence[str], text: str) -> list[bool]:
     order, case-insensitive; an empty search shows all)."""
     words = text.casefold().split()
     return [all(word in name.casefold() for word in words) for name in names]
+
+
+@dataclass(frozen=True)
+class PromptReading:
+    """What the panel and effect show before running: the structures a prompt is read as, and whether the
+    parse guessed (a spelling correction or free text), in which case they ask before running.
+
+    Attributes:
+        structures: display names (and free-text phrases, quoted) in prompt order.
+        message: one line per structure, exclusion and inference, for a label or a confirmation dialog.
+        guessed: True when the user should confirm before running.
+        error: the parser's message when the prompt cannot be used (then ``structures`` is empty).
+    """
+
+    structures: tuple[str, ...]
+    message: str
+    guessed: bool
+    error: str | None = None
+
+
+def read_prompt(text: str, taxonomy: Taxonomy | None, allow_free_text: bool = True) -> PromptReading:
+    """How the library reads ``text`` for a bundle's taxonomy (no Qt): structures, notes, whether it guessed.
+
+    Example: ``read_prompt("pancraes and kidneys but not the left one", t)`` -> structures ``("Pancreas",
+    "Right Kidney")``, guessed True (``'pancraes'`` was read as ``'pancreas'``).
+    """
+    if taxonomy is None or not text.strip():
+        return PromptReading((), "", False, None)
+    from TextGuidedSegLib.taxonomy import PromptError
+    from TextGuidedSegLib.taxonomy.prompt import explain_prompt
+
+    try:
+        parse = explain_prompt(text, taxonomy, allow_free_text=allow_free_text)
+    except PromptError as err:
+        return PromptReading((), str(err), False, str(err))
+    names = tuple(q.name if q.structure is not None else f"'{q.text}' (free text)" for q in parse.queries)
+    lines = [f"Segments: {', '.join(names)}"]
+    if parse.excluded:
+        lines.append(f"Excluded: {', '.join(parse.excluded)}")
+    lines += [note[0].upper() + note[1:] for note in parse.notes]
+    if parse.free_text:
+        lines.append(f"Not structures of this model, sent as free text: {', '.join(parse.free_text)}")
+    return PromptReading(names, "\n".join(lines), parse.guessed)

@@ -5,7 +5,8 @@
   (:class:`Terminology`, :class:`Code`). :func:`get_taxonomy` loads a shipped one; the default ``universal32``
   holds the 32 classes of the CLIP-Driven Universal Model (``TextGuidedSegLib/resources/universal32.json``).
 - :func:`parse_prompt`: free text -> :class:`StructureQuery` list ("liver and both kidneys" -> liver, right
-  kidney, left kidney); :class:`PromptError` when a prompt cannot be used.
+  kidney, left kidney); :class:`PromptError` when a prompt cannot be used; :func:`explain_prompt` also reports
+  corrections, exclusions, findings and free text (:class:`PromptParse`, ``guessed``).
 - :func:`structure_vocabulary`: every name a user can type, for UI completion.
 - :func:`get_vocabulary` / :func:`vocabulary_taxonomy` / :func:`resolve_structure_name`: the one anatomy
   vocabulary (``resources/anatomy.json``: every structure any model knows, with codes, colours, synonyms,
@@ -23,7 +24,14 @@ Example::
 """
 
 from .anatomy import AnatomyEntry, Vocabulary, get_vocabulary, resolve_structure_name, vocabulary_taxonomy
-from .prompt import PromptError, StructureQuery, parse_prompt, structure_vocabulary
+from .prompt import (
+    PromptError,
+    PromptParse,
+    StructureQuery,
+    explain_prompt,
+    parse_prompt,
+    structure_vocabulary,
+)
 from .structures import (
     DEFAULT_TAXONOMY,
     PROMPT_TEMPLATE,
@@ -56,6 +64,8 @@ __all__ = [
     "TOTALSEGMENTATOR_CONTEXT",
     "Code",
     "PromptError",
+    "PromptParse",
+    "explain_prompt",
     "Structure",
     "StructureQuery",
     "Taxonomy",

@@ -30,16 +30,23 @@ SIDE_WORDS: dict[str, frozenset[str]] = {
     "rt": frozenset({"right"}),
     "left": frozenset({"left"}),
     "lt": frozenset({"left"}),
+    "r": frozenset({"right"}),
+    "l": frozenset({"left"}),
     "both": frozenset({"right", "left"}),
     "bilateral": frozenset({"right", "left"}),
+    "bilaterally": frozenset({"right", "left"}),
 }
+#: Words allowed right after a side word and read with it: "right-sided kidney", "the left one", "left side".
+SIDE_TAIL_WORDS = frozenset({"sided", "side", "one"})
+#: Side words that cannot be read without context: a prompt using them is refused (PromptError).
+UNGUESSABLE_SIDE_WORDS = frozenset({"contralateral", "ipsilateral", "homolateral", "opposite"})
 #: Side words that name exactly one side (allowed after a structure: ``"kidney left"``, ``kidney_left``).
 SINGLE_SIDE_WORDS = frozenset(word for word, sides in SIDE_WORDS.items() if len(sides) == 1)
 
 #: Characters that separate queries in a prompt (besides the words in :data:`SEPARATOR_WORDS`).
 SEPARATOR_CHARS = frozenset(",;&+/|\n.:")
 #: Words that separate queries unless they are part of a structure's name ("portal vein and splenic vein").
-SEPARATOR_WORDS = frozenset({"and", "plus"})
+SEPARATOR_WORDS = frozenset({"and", "plus", "or"})
 #: Characters allowed between two side words in ``"right and left kidney"``, ``"left/right kidney"``.
 SIDE_JOINERS = frozenset({"and", "&", "/"})
 
@@ -52,6 +59,9 @@ COMMAND_WORDS = frozenset(
     mask masks please pls kindly can could would will you me i we us want need like to do also then just only
     the a an this that these those my our your its their all every each of for from in on at within inside
     with using via by into out as well
+    localise localize identify isolate generate compute calculate measure measurement measurements quantify
+    quantification assess assessment evaluate evaluation volumetry volumetric planning dosimetry request
+    requested kindly thanks thank following include including incl sure now them it is are be
     """.split()
 )
 #: Words that describe the image rather than a structure; dropped anywhere, and stripped from the end of a
@@ -63,8 +73,40 @@ CONTEXT_WORDS = frozenset(
     image images volume volumes study studies series exam examination computed computerized computerised
     tomography tomographic contrast enhanced axial slice slices patient patients case cases dataset here there
     region regions area areas structure structures organ organs anatomy
+    mdct ctscan portal venous phase arterial delayed noncontrast unenhanced native
     """.split()
 )
+#: Words that start an exclusion ("kidneys but not the left one", "abdominal organs except the liver"): what
+#: follows, to the end of the prompt or the next ``.``, ``;`` or newline, is removed from the result.
+EXCLUSION_PHRASES: tuple[tuple[str, ...], ...] = (
+    ("but", "not"),
+    ("except", "for"),
+    ("other", "than"),
+    ("apart", "from"),
+    ("aside", "from"),
+    ("with", "the", "exception", "of"),
+    ("except",),
+    ("excepting",),
+    ("excluding",),
+    ("exclude",),
+    ("without",),
+    ("not",),
+    ("no",),
+    ("but",),
+    ("minus",),
+    ("sparing",),
+)
+#: Phrases that name every structure of the model ("everything except the liver").
+EVERYTHING_PHRASES: tuple[tuple[str, ...], ...] = (
+    ("everything",),
+    ("all", "structure"),
+    ("all", "class"),
+    ("all", "label"),
+    ("every", "structure"),
+    ("all", "available", "structure"),
+)
+#: Separator characters that end an exclusion's scope.
+CLAUSE_END_CHARS = frozenset(";.\n")
 
 _TOKEN_RE = re.compile(r"[^\W_]+|[,;&+/|\n.:]", re.UNICODE)
 _NO_STRIP_SUFFIXES = ("ss", "us", "is", "as")
@@ -83,6 +125,8 @@ def normalize_word(word: str) -> str:
     return word
 
 
+#: The ignorable words: command and context words, in matching form. A word that is neither one of these, nor
+#: part of a structure name or synonym, nor a side, exclusion or finding word makes a prompt ambiguous.
 STOP_WORDS = frozenset(normalize_word(w) for w in COMMAND_WORDS | CONTEXT_WORDS)
 LEADING_STRIP_WORDS = frozenset(normalize_word(w) for w in COMMAND_WORDS)
 
