@@ -33,6 +33,7 @@ GLOSSARY = [
     "split_laterality",
     "flip_tta",
     "probabilities",
+    "force",
 ]
 RANGE = object()  # stands for the panel's WithinRange annotation
 
@@ -140,6 +141,7 @@ def test_to_dict_and_from_dict_round_trip_through_json():
         "split_laterality": True,
         "flip_tta": True,
         "probabilities": False,
+        "force": False,
     }
     assert SegmentationOptions.from_dict(data) == options
     assert SegmentationOptions.from_dict({}) == SegmentationOptions()

@@ -33,7 +33,8 @@ Glossary (one name for one thing, in code, config keys, CLI flags and docs):
 - ``options``: ``SegmentationOptions`` fields, one name in every layer (dataclass, CLI flag, Slicer parameter
   node, request body): ``device``, ``precision``, ``overlap``, ``threshold``, ``sw_batch_size``,
   ``largest_component``, ``split_laterality``, ``flip_tta`` (test-time flips; with probabilities, an
-  uncertainty map), ``probabilities``. ``None`` is "the bundle's value".
+  uncertainty map), ``probabilities``, ``force`` (run on input the guard finds implausible). ``None`` is
+  "the bundle's value".
 - Tensor axes: image ``(B, 1, D, H, W)``, text embeddings ``(B, Q, E)``, logits ``(B, Q, D, H, W)``.
   Volumes read from disk are ``(I, J, K)`` arrays with a voxel-to-RAS (mm) affine.
 """

@@ -119,8 +119,14 @@ def write_segments(
     modify: ModifySegment,
     selected_segment_id: str | None = None,
     extent_start: tuple[int, int, int] = (0, 0, 0),
+    masks: np.ndarray | None = None,
 ) -> list[str]:
-    """Write each result segment's mask (``labels == info.label_id``) into its segment; return their IDs.
+    """Write each result segment's mask (``labels == info.label_id``, or its own mask from ``masks``) into
+    its segment; return their IDs.
+
+    Segments may overlap (a tumour inside its organ): Slicer's ``SetBinaryLabelmapToSegment`` (through
+    ``vtkSegmentationModifier::ModifyBinaryLabelmap``) moves a segment whose new labelmap overlaps another
+    segment of its shared labelmap to a layer of its own, so both keep the shared voxels.
 
     Args:
         segmentation_node: the segmentation to write into.
@@ -131,6 +137,8 @@ def write_segments(
         selected_segment_id: the effect's selected segment (see :func:`plan_segments`).
         extent_start: first voxel index of the grid ``labels`` came from (the editor's aligned source
             volume may not start at 0), so each labelmap has exactly that grid.
+        masks: ``(Q, I, J, K)`` bool, each query's own mask (``SegmentationResult.masks``, set when the
+            structures may overlap); segment ``info`` takes ``masks[info.label_id - 1]``.
     """
     segmentation = segmentation_node.GetSegmentation()
     segment_ids = []
@@ -141,6 +149,7 @@ def write_segments(
             segment_id = segmentation.AddEmptySegment("", info.name, [c / 255.0 for c in info.color])
         if not target.keep_properties:
             apply_segment_info(segmentation.GetSegment(segment_id), info)
-        modify(segment_id, oriented_labelmap(labels == info.label_id, affine, extent_start))
+        mask = labels == info.label_id if masks is None else masks[info.label_id - 1]
+        modify(segment_id, oriented_labelmap(mask, affine, extent_start))
         segment_ids.append(segment_id)
     return segment_ids

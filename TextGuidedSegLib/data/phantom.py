@@ -71,6 +71,12 @@ LABEL_IDS: dict[str, int] = {
 #: label_id -> class_name, the inverse of :data:`LABEL_IDS` (what ``labels.json`` holds).
 LABEL_NAMES: dict[int, str] = {label_id: class_name for class_name, label_id in LABEL_IDS.items()}
 
+#: Lesions a phantom may hold (``PhantomConfig(liver_tumor=True)``): class_name -> label_id in the exclusive
+#: label map; each lies inside its host in :data:`LESION_HOSTS` (``Phantom.mask`` of the host includes it).
+LESION_LABEL_IDS: dict[str, int] = {"liver_tumor": 11}
+#: Lesion class_name -> the structure it lies in.
+LESION_HOSTS: dict[str, str] = {"liver_tumor": "liver"}
+
 #: Tissues the phantom is painted with: name -> (native HU, portal-venous HU, texture std in HU). A tissue
 #: gets its label where it is painted (kidney tissues the label of their side); several tissues share a label
 #: (kidney cortex / medulla / pelvis; stomach wall / fluid / gas; vertebral cortical / cancellous bone).
@@ -109,7 +115,10 @@ TISSUES: dict[str, tuple[float, float, float]] = {
 #: Contrast phases: the HU column of :data:`TISSUES` each uses.
 PHASES: tuple[str, ...] = ("native", "venous")
 
-_TISSUE_IDS: dict[str, int] = {name: index for index, name in enumerate(TISSUES)}
+# Lesion tissues, as :data:`TISSUES` but after them (so phantoms without lesions draw the same random
+# numbers): a hypovascular liver tumour (a metastasis), about 45 HU below enhanced liver.
+_LESION_TISSUES: dict[str, tuple[float, float, float]] = {"liver_tumor": (40.0, 55.0, 10.0)}
+_TISSUE_IDS: dict[str, int] = {name: index for index, name in enumerate([*TISSUES, *_LESION_TISSUES])}
 _HU_MIN, _HU_MAX = -1024, 3071  # the range a CT scanner writes
 _PSF_MM = 0.8  # in-plane point-spread std of the scanner, added to voxel integration
 
@@ -126,10 +135,13 @@ class PhantomConfig:
         seed: the random seed; one seed is one patient, reproducibly.
         phase: ``"venous"`` (portal-venous contrast: liver ~100 HU, aorta ~180 HU) or ``"native"``.
         bowel: add bowel loops and a colon (unlabelled distractors) to the visceral fat.
+        liver_tumor: add a hypodense tumour (10-18 mm radius) inside the liver, label ``liver_tumor`` (11);
+            everything else stays as without it (own random stream), except the image near the tumour.
 
     Examples::
 
         PhantomConfig()                                              # 32 x 32 x 16 cm at 2.5 mm
+        PhantomConfig(seed=3, liver_tumor=True)                      # the same patient with a liver tumour
         PhantomConfig(shape=(400, 400, 32), spacing=(0.8, 0.8, 5.0), seed=7)
     """
 
@@ -139,6 +151,7 @@ class PhantomConfig:
     seed: int = 0
     phase: str = "venous"
     bowel: bool = True
+    liver_tumor: bool = False
 
     def __post_init__(self) -> None:
         shape = tuple(int(n) for n in self.shape)
@@ -186,7 +199,8 @@ class Phantom:
     Attributes:
         image: ``(I, J, K)`` int16 CT in Hounsfield units, air -1000, clipped to [-1024, 3071].
         labels: ``(I, J, K)`` uint8 label ids, exclusive (one structure per voxel), 0 = background;
-            ids from :data:`LABEL_IDS`.
+            ids from :data:`LABEL_IDS` (and :data:`LESION_LABEL_IDS` with a lesion: its voxels carry the
+            lesion's id, not its host's; :meth:`mask` gives the host with its lesions).
         affine: ``(4, 4)`` float64 voxel ``(i, j, k)`` -> world RAS mm.
         label_names: label_id -> class_name for every structure (background excluded).
         config: the config the phantom was made from.
@@ -197,6 +211,15 @@ class Phantom:
     affine: np.ndarray
     label_names: dict[int, str]
     config: PhantomConfig = field(repr=False)
+
+    def mask(self, class_name: str) -> np.ndarray:
+        """``(I, J, K)`` bool mask of a structure, its lesions included (the liver with its tumour)."""
+        ids = [i for i, name in self.label_names.items() if class_name in (name, LESION_HOSTS.get(name))]
+        if not ids:
+            raise KeyError(
+                f"{class_name!r} is not a structure of this phantom: {sorted(self.label_names.values())}"
+            )
+        return np.isin(self.labels, ids)
 
     def volumes_ml(self) -> dict[str, float]:
         """class_name -> volume of its voxels in mL (the field of view only)."""
@@ -226,6 +249,11 @@ def make_phantom(config: PhantomConfig | None = None) -> Phantom:
     patient_rng, image_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(config.seed).spawn(2))
     canvas = _Canvas(config.shape, config.spacing, _warp_modes(patient_rng))
     _paint_anatomy(canvas, patient_rng, bowel=config.bowel)
+    label_names = dict(LABEL_NAMES)
+    if config.liver_tumor:  # a third stream: the patient and the image draws stay those without a tumour
+        lesion_rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2,)))
+        if _paint_liver_tumor(canvas, lesion_rng):
+            label_names[LESION_LABEL_IDS["liver_tumor"]] = "liver_tumor"
     image = _render(canvas, image_rng, config)
     missing = [name for name, label_id in LABEL_IDS.items() if not (canvas.labels == label_id).any()]
     if missing:
@@ -236,7 +264,7 @@ def make_phantom(config: PhantomConfig | None = None) -> Phantom:
             "x".join(f"{n * s:.0f}" for n, s in zip(config.shape, config.spacing, strict=True)),
         )
     return Phantom(
-        image=image, labels=canvas.labels, affine=config.affine, label_names=dict(LABEL_NAMES), config=config
+        image=image, labels=canvas.labels, affine=config.affine, label_names=label_names, config=config
     )
 
 
@@ -779,6 +807,32 @@ def _paint_bowel(canvas: _Canvas, rng: np.random.Generator, scale: float, dz: fl
 # ------------------------------------------------------------------------------------------------------------
 
 
+def _paint_liver_tumor(canvas: _Canvas, rng: np.random.Generator) -> bool:
+    """Paint a bumpy ellipsoidal tumour, radius 10-18 mm, wholly inside the liver (at least 3 mm from its
+    surface where the liver allows); False when the field of view holds no liver."""
+    liver = canvas.labels == LABEL_IDS["liver"]
+    if not liver.any():
+        logger.warning("no liver in the field of view: the phantom has no liver tumour")
+        return False
+    depth = ndimage.distance_transform_edt(liver, sampling=canvas.spacing)
+    radius = rng.uniform(10.0, 18.0)
+    inside = depth >= radius + 3.0
+    if not inside.any():  # a small liver in the field of view: a smaller tumour at its deepest point
+        radius = 0.6 * float(depth.max())
+        inside = depth >= depth.max()
+    candidates = np.flatnonzero(inside)
+    index = np.unravel_index(candidates[rng.integers(len(candidates))], canvas.shape)
+    center = np.array([float(c[index]) for c in canvas.coords])  # warped world mm, as shapes are tested
+    radii = radius * rng.uniform(0.85, 1.15, 3)
+    tumor = _Ellipsoid(center, radii, _rotation(rng.uniform(-90, 90, 3)), _bumps(rng, amplitude=0.08))
+    window = canvas.window(*tumor.box())
+    if window is None:
+        return False
+    mask = (tumor.level(canvas.at(window)) < 1) & liver[window]
+    canvas.paint(window, mask, "liver_tumor", LESION_LABEL_IDS["liver_tumor"])
+    return bool(mask.any())
+
+
 def _smooth_field(
     rng: np.random.Generator, shape: tuple[int, ...], spacing: np.ndarray, scale_mm: float
 ) -> np.ndarray:
@@ -793,13 +847,16 @@ def _smooth_field(
 def _render(canvas: _Canvas, rng: np.random.Generator, config: PhantomConfig) -> np.ndarray:
     """Turn the tissue map into a CT image: ``(I, J, K)`` int16 HU (see :class:`Phantom`)."""
     column = PHASES.index(config.phase)
-    table = np.array([values[column] for values in TISSUES.values()], dtype=np.float32)
-    native = np.array([values[0] for values in TISSUES.values()], dtype=np.float32)
+    tissues = [*TISSUES.values(), *_LESION_TISSUES.values()]
+    table = np.array([values[column] for values in tissues], dtype=np.float32)
+    native = np.array([values[0] for values in tissues], dtype=np.float32)
     if config.phase == "venous":  # the patient's enhancement: cardiac output, bolus timing
         table = native + (table - native) * np.float32(rng.uniform(0.85, 1.15))
     soft = (table > -500) & (table < 300)
-    table += np.where(soft, rng.normal(0.0, 4.0, len(table)), 0.0).astype(np.float32)  # per-patient offsets
-    texture = np.array([values[2] for values in TISSUES.values()], dtype=np.float32)
+    offsets = rng.normal(0.0, 4.0, len(TISSUES))  # per-patient offsets; a lesion moves with its host
+    offsets = np.append(offsets, [offsets[_TISSUE_IDS["liver"]]] * len(_LESION_TISSUES))
+    table += np.where(soft, offsets, 0.0).astype(np.float32)
+    texture = np.array([values[2] for values in tissues], dtype=np.float32)
 
     image = table[canvas.tissue]
     image += texture[canvas.tissue] * _smooth_field(rng, canvas.shape, canvas.spacing, 12.0)

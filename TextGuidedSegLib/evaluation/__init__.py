@@ -7,7 +7,7 @@
   ``textguidedseg evaluate`` command and ``Training/evaluate.py``).
 """
 
-from TextGuidedSegLib.evaluation.evaluate import EvaluationReport, evaluate, requested_queries
+from TextGuidedSegLib.evaluation.evaluate import EvaluationReport, evaluate, query_mask, requested_queries
 from TextGuidedSegLib.evaluation.metrics import (
     DEFAULT_NSD_TOLERANCE_MM,
     MaskScores,
@@ -32,6 +32,7 @@ __all__ = [
     "StructureSummary",
     "dice_score",
     "evaluate",
+    "query_mask",
     "read_metrics_csv",
     "requested_queries",
     "score_masks",

@@ -8,9 +8,10 @@ For each case of a list file (``image<TAB>label`` lines, read by
    structures that the case's dataset annotates;
 2. the reference label map (on the same grid as the CT) is transferred into the universal32 taxonomy with
    :func:`~TextGuidedSegLib.data.label_transfer.transfer_labels`; structures match by ``class_name``;
-3. each structure's predicted mask (label ``q + 1`` of query ``q``) is scored against its reference with
-   :func:`~TextGuidedSegLib.evaluation.metrics.score_masks` (Dice, NSD at a tolerance in mm with the CT's
-   voxel spacing; empty-reference policy in :mod:`TextGuidedSegLib.evaluation.metrics`).
+3. each structure's own predicted mask (``result.masks[q]`` when the structures may overlap, as a tumour
+   and its organ do in the reference; else label ``q + 1`` of the label map) is scored against its
+   reference with :func:`~TextGuidedSegLib.evaluation.metrics.score_masks` (Dice, NSD at a tolerance in mm
+   with the CT's voxel spacing; empty-reference policy in :mod:`TextGuidedSegLib.evaluation.metrics`).
 
 Structures a case's dataset does not annotate are neither segmented nor scored for that case: no score is
 made up for a structure nobody labelled. The report (``metrics.csv``, ``summary.md``, ``dice_boxplot.png``
@@ -96,6 +97,14 @@ class EvaluationReport:
     def mean_nsd(self) -> float:
         """Mean over structures of the per-structure mean NSD (NaN without any score)."""
         return float(np.mean([s.nsd_mean for s in self.summary.values()])) if self.summary else float("nan")
+
+
+def query_mask(result: SegmentationResult, index: int) -> np.ndarray:
+    """Query ``index``'s own (I, J, K) bool mask: ``result.masks[index]`` when the queried structures may
+    overlap (a tumour stays part of its organ, as in the reference), else its label in the label map."""
+    if result.masks is not None:
+        return np.asarray(result.masks[index], dtype=bool)
+    return result.labels == index + 1
 
 
 def universal_label_ids() -> dict[str, int]:
@@ -267,7 +276,7 @@ def evaluate(
         voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
         for index, query in enumerate(case_queries):
             masks = score_masks(
-                result.labels == index + 1,
+                query_mask(result, index),
                 transferred.mask(universal[query.class_name]),
                 volume.spacing,
                 nsd_tolerance_mm,

@@ -9,6 +9,9 @@ from __future__ import annotations
 from TextGuidedSegLib._lazy import lazy_getattr
 
 _MODULES = {
+    "ImplausibleInputError": "guard",
+    "InputCheck": "guard",
+    "check_volume": "guard",
     "SegmentationOptions": "options",
     "PreparedVolume": "prepared",
     "count_windows": "prepared",

@@ -74,6 +74,13 @@ class SegmentationOptions:
         },
     )
     probabilities: bool = field(default=False, metadata={"help": "also return one probability map per query"})
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "run even when the input does not look like a CT in Hounsfield units (MR, shifted "
+            "intensities, many NaN voxels) or may not fit in memory; the reasons are kept as warnings"
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.device, str) or not _DEVICE.match(self.device):

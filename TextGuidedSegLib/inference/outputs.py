@@ -3,7 +3,11 @@
 Shared by ``textguidedseg segment``, ``textguidedseg demo`` and ``textguidedseg evaluate --save-predictions``,
 so every command writes the same files:
 
-- the label map (``.nii.gz``, ``.nii`` or ``.nrrd``) on exactly the input's grid;
+- the label map (``.nii.gz``, ``.nii`` or ``.nrrd``) on exactly the input's grid, when the queried structures
+  cannot overlap; when they may (a tumour and its organ: ``result.masks`` is set), the same file holds one
+  mask per structure instead: a 4D ``(I, J, K, Q)`` uint8 NIfTI (structure ``label_id`` in
+  ``[..., label_id - 1]``) or a NRRD of ``Q``-component vectors; a ``.seg.nrrd`` holds the overlapping
+  segments in separate layers. The sidecar's ``layout`` says which (``"labels"`` or ``"masks"``);
 - ``<stem>.json``: :meth:`SegmentationResult.sidecar`: the result's provenance (input, prompt, bundle with
   sha256, options and the settings used, device, precision, versions, warnings), the label map's file name
   and the segments (see ``inference.result``);
@@ -33,7 +37,7 @@ class SegmentationFiles:
     """The files :func:`write_segmentation` wrote.
 
     Attributes:
-        label_map: the label map.
+        label_map: the label map, or the mask per structure when structures may overlap (``layout``).
         sidecar: its JSON sidecar.
         probability_maps: one float map per query, in label order (empty unless the result holds them).
         uncertainty_maps: one float map per query of the flip-TTA standard deviation (empty without it).
@@ -81,7 +85,7 @@ def write_segmentation(
         ValueError: the path has another ending, or the result holds no input volume (it was not made by
             ``Segmenter.segment``).
     """
-    from TextGuidedSegLib.io import save_label_map, save_volume
+    from TextGuidedSegLib.io import save_label_map, save_masks, save_volume
 
     output = Path(path)
     stem, suffix = label_map_stem(output)
@@ -95,11 +99,15 @@ def write_segmentation(
     if suffix == ".seg.nrrd":
         from TextGuidedSegLib.io.seg_nrrd import save_seg_nrrd
 
-        save_seg_nrrd(output, result.labels, result.segments, reference=volume)
+        data = result.labels if result.masks is None else list(result.masks)  # overlaps: layers
+        save_seg_nrrd(output, data, result.segments, reference=volume)
         suffix = ".nrrd"  # probability / uncertainty maps are plain NRRD volumes
+    elif result.masks is not None:
+        save_masks(output, result.masks, reference=volume)
     else:
         save_label_map(output, result.labels, reference=volume)
-    sidecar = result.sidecar(label_map=output.name)
+    layout = "labels" if result.masks is None else "masks"
+    sidecar = result.sidecar(label_map=output.name, layout=layout)
     if input is not None:
         sidecar["input"] = {**sidecar.get("input", {}), "path": str(input)}
     maps: dict[str, list[Path]] = {"probability": [], "uncertainty": []}

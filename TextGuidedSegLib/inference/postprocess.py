@@ -15,6 +15,7 @@ orientation.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -138,3 +139,17 @@ def _axial_axis(affine: np.ndarray) -> int:
     directions = np.abs(np.asarray(affine, dtype=np.float64)[:3, :3])
     directions = directions / np.linalg.norm(directions, axis=0, keepdims=True)
     return int(np.argmax(directions[2]))
+
+
+def threshold_maps(maps: Sequence[np.ndarray], threshold: float) -> np.ndarray:
+    """``(Q, I, J, K)`` bool: each query's own mask, ``maps[q] >= threshold``, from ``Q`` (I, J, K)
+    probability maps computed one at a time (a lazy ``ProbabilityMaps`` never holds two float maps)."""
+    masks = None
+    for q in range(len(maps)):
+        values = np.asarray(maps[q])
+        if masks is None:
+            masks = np.zeros((len(maps), *values.shape), dtype=bool)
+        np.greater_equal(values, threshold, out=masks[q])
+    if masks is None:
+        raise ValueError("threshold_maps: no probability map given")
+    return masks

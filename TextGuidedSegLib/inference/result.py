@@ -15,8 +15,12 @@ The JSON sidecar (:meth:`SegmentationResult.sidecar`, written beside the label m
 - ``runtime``: ``device`` and ``precision`` actually used, ``textguidedseg``, ``torch``, ``monai`` and
   ``python`` versions;
 - ``warnings``: caveats of the run (e.g. a phantom-trained bundle on a real CT), empty when none;
-- ``segments``: label_id, name, class_name, prompt, text, color, terminology, voxels, volume_ml (and
-  ``probability_map`` / ``uncertainty_map`` file names when written).
+- ``layout``: what the label map file holds: ``"labels"`` (one exclusive label map) or, when the queried
+  structures may overlap, ``"masks"`` (one mask per segment: a 4D file, ``[..., label_id - 1]``, or layers
+  of a ``.seg.nrrd``), and then ``overlapping_segments``: the label id pairs that may overlap;
+- ``segments``: label_id, name, class_name, prompt, text, color, terminology, voxels, volume_ml (each
+  segment's own mask's, when the layout is ``"masks"``; and ``probability_map`` / ``uncertainty_map``
+  file names when written).
 
 Format 1 had ``input`` as a path string, ``bundle`` without sha256 and a top-level ``threshold`` only.
 """
@@ -79,6 +83,9 @@ class SegmentationResult:
             a lazy ``ProbabilityMaps`` (each computed when indexed) or, for softmax models, an array.
         uncertainty: the same for the standard deviation of the probabilities over the test-time flips, when
             the segmenter ran with ``flip_tta``.
+        masks: (Q, I, J, K) bool, each query's own mask on the input grid (query ``q``'s own threshold), set
+            when the queried structures may overlap (a tumour or cyst and its host organ); None otherwise.
+            ``labels`` stays the exclusive label map (each voxel to its most probable query).
         volume: the input volume (its grid is the label map's; ``save`` writes onto it).
         provenance: what produced the result (input, prompt, queries, bundle, options, settings, runtime,
             warnings), as the module docstring lists; filled by the ``Segmenter``.
@@ -89,6 +96,7 @@ class SegmentationResult:
     queries: list[StructureQuery]
     probabilities: Sequence[np.ndarray] | None = None
     uncertainty: Sequence[np.ndarray] | None = None
+    masks: np.ndarray | None = None
     volume: Volume | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
 
@@ -143,10 +151,19 @@ _FREE_TEXT_COLORS = [
 ]
 
 
-def segment_infos(labels: np.ndarray, queries: Sequence[StructureQuery], volume: Volume) -> list[SegmentInfo]:
-    """Names, codes, colours and volumes of the segments in ``labels``."""
+def segment_infos(
+    labels: np.ndarray,
+    queries: Sequence[StructureQuery],
+    volume: Volume,
+    masks: np.ndarray | None = None,
+) -> list[SegmentInfo]:
+    """Names, codes, colours and volumes of the segments in ``labels``, or of each query's own ``masks``
+    ((Q, I, J, K) bool) when given."""
     voxel_ml = abs(float(np.linalg.det(volume.affine[:3, :3]))) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)
+    if masks is not None:
+        counts = np.array([0, *(int(np.count_nonzero(mask)) for mask in masks)])
+    else:
+        counts = np.bincount(labels.ravel(), minlength=len(queries) + 1)
     infos = []
     for q, query in enumerate(queries):
         structure = query.structure

@@ -12,7 +12,9 @@ The steps, each in one place:
    gives, overlapping structures going to the more probable one; it is decided in model space wherever that
    is exact and interpolated only at boundaries (``inference.resample``), then each label's region is
    optionally post-processed (largest component, left/right split). No (Q, I, J, K) float array is ever
-   made: probability and uncertainty maps are computed one at a time when asked for.
+   made: probability and uncertainty maps are computed one at a time when asked for. When the queried
+   structures may overlap (a tumour and its organ, ``taxonomy.overlap``), each query's own thresholded mask
+   is kept as well (``result.masks``, (Q, I, J, K) bool, post-processed alike) and a warning names the pairs.
    Softmax ("classes") models - MONAI model-zoo bundles - answer as their own pipeline does: softmax and
    argmax over all channels, inverted onto the input grid as MONAI's ``Invertd`` does (the label map by
    nearest neighbour, or the probabilities bilinearly and then the argmax, as the bundle says); the requested
@@ -54,6 +56,7 @@ from TextGuidedSegLib.inference.feature_cache import (
     window_position,
 )
 from TextGuidedSegLib.inference.geometry import to_model_space, window_intensity
+from TextGuidedSegLib.inference.guard import InputCheck, check_memory, check_volume
 from TextGuidedSegLib.inference.monai_pipeline import apply_intensity_steps, class_label_map
 from TextGuidedSegLib.inference.options import PRECISIONS, SegmentationOptions
 from TextGuidedSegLib.inference.postprocess import (
@@ -61,6 +64,7 @@ from TextGuidedSegLib.inference.postprocess import (
     keep_largest_component,
     midline_x,
     split_by_laterality,
+    threshold_maps,
 )
 from TextGuidedSegLib.inference.prepared import PreparedVolume, count_windows, intensity_key
 from TextGuidedSegLib.inference.provenance import fitness_warnings, provenance
@@ -68,6 +72,7 @@ from TextGuidedSegLib.inference.resample import InputGridResampler, ProbabilityM
 from TextGuidedSegLib.inference.result import SegmentationResult, segment_infos
 from TextGuidedSegLib.io import Volume
 from TextGuidedSegLib.taxonomy import PromptError, StructureQuery, parse_prompt
+from TextGuidedSegLib.taxonomy.overlap import describe_pairs, overlapping_pairs
 from TextGuidedSegLib.text import CLIPTextEncoder, EmbeddingCacheError
 
 logger = logging.getLogger(__name__)
@@ -190,6 +195,7 @@ class Segmenter:
         self.model = bundle.model.to(self.device).train(False)  # inference mode, as BundleModel declares it
         self._volumes: OrderedDict[tuple, PreparedVolume] = OrderedDict()  # softmax models: recent volumes
         self._midline: tuple[Volume, float] | None = None  # the last volume's mid-sagittal plane (RAS x)
+        self._checked: tuple[Volume, InputCheck] | None = None  # the last volume the input guard passed
 
     # -- the resolved options (read by the CLI, evaluation and tests) -----------------------------------
 
@@ -261,7 +267,8 @@ class Segmenter:
         """The model inputs for ``queries``: text (1, Q, E) or (1, 1, E), and class indices (1, Q) or None.
 
         Query-mode models get one embedding per query. Channel-output models get class indices (plus, in
-        global mode, the embedding of the bundle's global prompt); they cannot answer free text.
+        global mode, the bundle's conditioning: its global prompt, or its dataset key's prompts, see
+        ``BundleConfig.conditioning_prompts``); they cannot answer free text.
         """
         model = self.bundle.model
         taxonomy = self.bundle.config.taxonomy
@@ -276,15 +283,41 @@ class Segmenter:
         indices = torch.tensor(
             [[taxonomy.index(q.structure.class_name) for q in queries]], device=self.device
         )
-        text = (
-            self._embed([self.bundle.config.global_prompt])[None].to(self.device) if model.uses_text else None
-        )
+        text = None
+        if model.uses_text:  # global mode: the mean embedding of the bundle's (dataset) conditioning prompts
+            prompts = self.bundle.config.conditioning_prompts()
+            text = self._embed(prompts).mean(0, keepdim=True)[None].to(self.device)
         return text, indices
 
     # -- the volume -------------------------------------------------------------------------------------
 
+    def check_input(self, volume: Volume, queries: int = 1) -> InputCheck:
+        """The input guard (``inference.guard``) on ``volume`` (once per volume object) and the memory
+        estimate for ``queries``; raises ``ImplausibleInputError`` unless ``options.force``."""
+        preprocessing, force = self.bundle.config.preprocessing, self.options.force
+        if self._checked is None or self._checked[0] is not volume:
+            check = check_volume(
+                volume, force=force, model_spacing=preprocessing.spacing, roi_size=self.settings.roi_size
+            )
+            self._checked = (volume, check)
+        check = self._checked[1]
+        classes = self.model.output == "classes"
+        memory = check_memory(
+            check.volume,
+            model_spacing=preprocessing.spacing,
+            roi_size=self.settings.roi_size,
+            channels=getattr(self.model.config, "num_classes", queries) if classes else queries,
+            passes=len(_TTA_FLIPS) if self.options.flip_tta else 1,
+            device=str(self.device),
+            force=force,
+        )
+        return dataclasses.replace(check, warnings=[*check.warnings, *memory]) if memory else check
+
     def prepare(self, volume: Volume) -> PreparedVolume:
-        """The model input for ``volume``: RAS, the bundle's spacing and intensity (keep it to re-prompt)."""
+        """The model input for ``volume``: RAS, the bundle's spacing and intensity (keep it to re-prompt).
+        The input guard runs first (``check_input``): non-finite voxels replaced, implausible input refused.
+        """
+        volume = self.check_input(volume).volume
         preprocessing = self.bundle.config.preprocessing
         image = to_model_space(volume, preprocessing.spacing, mode=preprocessing.interpolation)
         operations = copy.deepcopy(list(image.applied_operations))
@@ -444,14 +477,22 @@ class Segmenter:
         if not queries:
             raise PromptError("no structure to segment: the prompt produced no query")
         config = self.bundle.config
+        check = self.check_input(volume, len(queries))  # refuses implausible input; logs its warnings
         warnings = fitness_warnings(config.name, config.intended_use, volume)
         for warning in warnings:
             logger.warning("%s", warning)
-        result = self._segment(volume, queries, prepared, progress_callback, cancel)
+        warnings += check.warnings
+        result = self._segment(check.volume, queries, prepared, progress_callback, cancel)
         result.volume = volume
+        pairs = overlapping_pairs(queries) if result.masks is not None else []
+        if pairs:
+            warnings = [*warnings, _overlap_warning(queries, pairs)]
+            logger.warning("%s", warnings[-1])
         result.provenance = provenance(
             self, volume, prompt if isinstance(prompt, str) else None, queries, warnings
         )
+        if pairs:
+            result.provenance["overlapping_segments"] = [[i + 1, j + 1] for i, j in pairs]
         return result
 
     def _segment(
@@ -496,12 +537,17 @@ class Segmenter:
 
         resampler = InputGridResampler(prepared.affine, prepared.grid_shape, prepared.crop, volume)
         labels = self._postprocess(resampler.labels(probabilities, self.threshold), queries, volume)
+        maps = ProbabilityMaps(probabilities, resampler)
+        masks = None
+        if overlapping_pairs(queries):  # each query's own mask: a tumour stays part of its organ
+            masks = self._postprocess_masks(threshold_maps(maps, self.threshold), queries, volume)
         return SegmentationResult(
             labels=labels,
-            segments=segment_infos(labels, queries, volume),
+            segments=segment_infos(labels, queries, volume, masks),
             queries=queries,
-            probabilities=ProbabilityMaps(probabilities, resampler) if self.options.probabilities else None,
+            probabilities=maps if self.options.probabilities else None,
             uncertainty=None if spread is None else ProbabilityMaps(spread, resampler),
+            masks=masks,
         )
 
     def _recent_prepared(self, volume: Volume) -> PreparedVolume:
@@ -578,18 +624,46 @@ class Segmenter:
                 continue
             region = labels[box]  # a view
             mask = region == q + 1
-            keep = mask
-            side = query.structure.laterality if query.structure is not None else None
-            if self.split_laterality and side is not None:
-                if self._midline is None or self._midline[0] is not volume:
-                    self._midline = (volume, midline_x(volume.affine, body_mask(volume)))
-                offset = np.eye(4)
-                offset[:3, 3] = [s.start for s in box]
-                keep = split_by_laterality(keep, side, volume.affine @ offset, midline=self._midline[1])
-            if self.largest_component and keep.any():
-                keep = keep_largest_component(keep)
-            region[mask & ~keep] = 0
+            region[mask & ~self._kept(mask, query, box, volume)] = 0
         return labels
+
+    def _postprocess_masks(
+        self, masks: np.ndarray, queries: Sequence[StructureQuery], volume: Volume
+    ) -> np.ndarray:
+        """The same filters as ``_postprocess`` on each query's own (Q, I, J, K) mask, in place."""
+        if not (self.largest_component or self.split_laterality):
+            return masks
+        for mask, query in zip(masks, queries, strict=True):
+            box = ndimage.find_objects(mask.view(np.uint8))
+            if box and box[0] is not None:
+                region = mask[box[0]]  # a view
+                region &= self._kept(region, query, box[0], volume)
+        return masks
+
+    def _kept(
+        self, mask: np.ndarray, query: StructureQuery, box: tuple[slice, ...], volume: Volume
+    ) -> np.ndarray:
+        """What the left/right split and the largest-component filter keep of ``mask``, the ``box`` of
+        ``volume``'s grid."""
+        keep = mask
+        side = query.structure.laterality if query.structure is not None else None
+        if self.split_laterality and side is not None:
+            if self._midline is None or self._midline[0] is not volume:
+                self._midline = (volume, midline_x(volume.affine, body_mask(volume)))
+            offset = np.eye(4)
+            offset[:3, 3] = [s.start for s in box]
+            keep = split_by_laterality(keep, side, volume.affine @ offset, midline=self._midline[1])
+        if self.largest_component and keep.any():
+            keep = keep_largest_component(keep)
+        return keep
+
+
+def _overlap_warning(queries: Sequence[StructureQuery], pairs: Sequence[tuple[int, int]]) -> str:
+    """The warning of a run whose structures may overlap."""
+    return (
+        f"the structures {describe_pairs(queries, pairs)} may overlap: each keeps its own mask "
+        "(result.masks; written as one mask per structure), the label map gives each voxel to one of them"
+    )
 
 
 class _WindowSteps:

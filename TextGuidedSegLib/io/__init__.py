@@ -8,7 +8,7 @@ only. :func:`save_seg_nrrd` writes 3D Slicer segmentation files (names, colours,
 from TextGuidedSegLib.io.readers import load_volume
 from TextGuidedSegLib.io.seg_nrrd import save_seg_nrrd
 from TextGuidedSegLib.io.volume import READ_EXTENSIONS, WRITE_EXTENSIONS, Volume, VolumeReadError
-from TextGuidedSegLib.io.writers import save_label_map, save_volume
+from TextGuidedSegLib.io.writers import save_label_map, save_masks, save_volume
 
 __all__ = [
     "READ_EXTENSIONS",
@@ -17,6 +17,7 @@ __all__ = [
     "VolumeReadError",
     "load_volume",
     "save_label_map",
+    "save_masks",
     "save_seg_nrrd",
     "save_volume",
 ]

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 
 _SERIES_UID_TAG = "0020|000e"
 _SERIES_DESCRIPTION_TAG = "0008|103e"
+_MODALITY_TAG = "0008|0060"
 
 
 def load_volume(path: str | Path) -> Volume:
@@ -86,6 +87,11 @@ def _load_nifti(path: Path) -> Volume:
         array = image.get_fdata(dtype=np.float32).reshape(shape)
     except Exception as error:
         raise VolumeReadError(f"cannot read volume {path}: voxel data unreadable ({error})") from error
+    if not np.isfinite(image.affine).all():  # NaN/Inf in pixdim, quatern_* or srow_*: no position for a voxel
+        raise VolumeReadError(
+            f"cannot read volume {path}: the header's voxel-to-world affine holds NaN or infinite values "
+            f"(pixdim, quaternion or srow fields): {image.affine.tolist()}"
+        )
     logger.debug("read NIfTI %s: shape %s, axis codes %s", path, shape, nib.aff2axcodes(image.affine))
     return Volume(
         array=array,
@@ -123,17 +129,22 @@ def _load_with_sitk(path: Path) -> Volume:
     return _sitk_image_to_volume(image, path)
 
 
-def _series_description(first_file: str) -> str:
-    """The Series Description (0008,103E) of a DICOM file, ``""`` when absent or unreadable."""
+def _dicom_tag(first_file: str, tag: str) -> str:
+    """A DICOM tag's value (``"gggg|eeee"``) in one file, ``""`` when absent or unreadable."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(first_file)
     try:
         reader.ReadImageInformation()
     except RuntimeError:
         return ""
-    if reader.HasMetaDataKey(_SERIES_DESCRIPTION_TAG):
-        return reader.GetMetaData(_SERIES_DESCRIPTION_TAG).strip()
+    if reader.HasMetaDataKey(tag):
+        return reader.GetMetaData(tag).strip().rstrip("\x00")
     return ""
+
+
+def _series_description(first_file: str) -> str:
+    """The Series Description (0008,103E) of a DICOM file, ``""`` when absent or unreadable."""
+    return _dicom_tag(first_file, _SERIES_DESCRIPTION_TAG)
 
 
 def _series_uid_of_file(path: Path) -> str:
@@ -183,7 +194,15 @@ def _load_dicom_series(folder: Path, selected_file: Path | None) -> Volume:
         raise VolumeReadError(
             f"cannot read volume {where}: the DICOM series {uid} is unreadable ({error})"
         ) from error
+    modality = _dicom_tag(file_names[0], _MODALITY_TAG) or None
     logger.debug(
-        "read DICOM series %s from %s: %d files, size %s", uid, folder, len(file_names), image.GetSize()
+        "read DICOM series %s (%s) from %s: %d files, size %s",
+        uid,
+        modality,
+        folder,
+        len(file_names),
+        image.GetSize(),
     )
-    return _sitk_image_to_volume(image, folder)
+    volume = _sitk_image_to_volume(image, folder)
+    volume.modality = modality
+    return volume

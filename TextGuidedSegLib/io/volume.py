@@ -48,12 +48,15 @@ class Volume:
             memory.
         header: the nibabel header for a NIfTI source (so label maps can be written back with the same
             qform/sform codes), ``None`` otherwise.
+        modality: the DICOM Modality (0008,0060) of a DICOM source ("CT", "MR", ...), ``None`` when unknown;
+            the input guard (``inference.guard``) refuses a modality other than CT.
     """
 
     array: np.ndarray
     affine: np.ndarray
     source: str = ""
     header: object | None = None
+    modality: str | None = None
 
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array, dtype=np.float32)

@@ -75,6 +75,33 @@ def save_volume(path: str | Path, array: np.ndarray, reference: Volume) -> Path:
     return _write(Path(path), array.astype(np.float32), reference)
 
 
+def save_masks(path: str | Path, masks: np.ndarray, reference: Volume) -> Path:
+    """Write one binary mask per structure, which may overlap, in one file on the reference volume's grid.
+
+    Args:
+        path: ``.nii`` / ``.nii.gz``: a 4D ``(I, J, K, Q)`` uint8 NIfTI, structure ``q`` in ``[..., q]``;
+            ``.nrrd``: a vector image of ``Q`` uint8 components per voxel (NRRD kind ``vector``).
+        masks: ``(Q, I, J, K)`` bool (or 0/1 integers), each on ``reference``'s grid.
+        reference: the volume the masks belong to (see :func:`save_label_map`).
+
+    Returns:
+        The written path (written atomically, as :func:`save_label_map`).
+
+    Raises:
+        ValueError: ``masks`` is not ``(Q, I, J, K)`` on the reference grid, holds values other than 0 and 1,
+            or ``path`` has an unsupported ending.
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 4 or masks.shape[0] < 1:
+        raise ValueError(f"{path}: masks must be (Q, I, J, K) with Q >= 1, got shape {masks.shape}")
+    _check_on_grid(masks[0], reference, "mask")
+    if masks.dtype != np.bool_ and not (
+        np.issubdtype(masks.dtype, np.integer) and np.isin(masks, (0, 1)).all()
+    ):
+        raise ValueError(f"{path}: masks must be bool or hold only 0 and 1, got dtype {masks.dtype}")
+    return _write(Path(path), np.moveaxis(masks.astype(np.uint8), 0, -1), reference)
+
+
 def _check_on_grid(array: np.ndarray, reference: Volume, what: str) -> None:
     if array.shape != reference.shape:
         raise ValueError(
@@ -99,7 +126,7 @@ def _write(path: Path, array: np.ndarray, reference: Volume) -> Path:
         if kind == "nifti":
             _write_nifti(Path(temporary), array, reference)
         else:
-            sitk.WriteImage(array_affine_to_sitk(array, reference.affine), temporary, True)
+            sitk.WriteImage(_sitk_image(array, reference), temporary, True)
         os.chmod(temporary, file_mode(path))
         os.replace(temporary, path)
     except BaseException:
@@ -108,6 +135,15 @@ def _write(path: Path, array: np.ndarray, reference: Volume) -> Path:
     source = reference.source or "memory"
     logger.info("wrote %s %s (%s) on the grid of %s", path, array.shape, array.dtype, source)
     return path
+
+
+def _sitk_image(array: np.ndarray, reference: Volume) -> sitk.Image:
+    """``(I, J, K)`` -> a scalar image, ``(I, J, K, C)`` -> a vector image of C components, on the grid."""
+    if array.ndim == 3:
+        return array_affine_to_sitk(array, reference.affine)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0, 3)), isVector=True)
+    image.CopyInformation(array_affine_to_sitk(array[..., 0], reference.affine))
+    return image
 
 
 def _write_nifti(path: Path, array: np.ndarray, reference: Volume) -> None:
