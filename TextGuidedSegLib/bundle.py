@@ -38,7 +38,7 @@ from safetensors.torch import load_file
 
 from TextGuidedSegLib import __version__
 from TextGuidedSegLib.configs import check_keys, dataclass_from_dict, field_names, to_jsonable
-from TextGuidedSegLib.files import sha256_file, verify_checksums
+from TextGuidedSegLib.files import extract_zip, sha256_file, verify_checksums
 from TextGuidedSegLib.models import BundleModel, ModelConfig, TextSegModel, build_model
 from TextGuidedSegLib.models.weights import (  # noqa: F401  (re-exported: the bundle's weight-file contract)
     DERIVED_BUFFERS,
@@ -234,7 +234,11 @@ class BundleConfig:
         version: the bundle's own version (of the weights), free text such as "1.0.0".
         description: one paragraph for users (shown by ``textguidedseg info`` and in Slicer).
         license: licence of the weights.
-        global_prompt: the conditioning prompt of a global-mode model.
+        global_prompt: the conditioning prompt of a global-mode model trained on one fixed prompt.
+        dataset_prompts: a global-mode model trained on its datasets' prompts (the seed's conditioning):
+            dataset key -> the prompts whose mean embedding conditioned that dataset's cases; ``{}`` when it
+            was trained on ``global_prompt``. See :meth:`conditioning_prompts`.
+        dataset_key: the key of ``dataset_prompts`` inference conditions on ("" = the only one).
         preprocessing: spacing and HU window.
         inference: sliding-window defaults.
         intended_use: what the bundle is fit for, one of :data:`INTENDED_USES`: "phantom" (trained on
@@ -253,6 +257,8 @@ class BundleConfig:
     description: str = ""
     license: str = ""
     global_prompt: str = GLOBAL_PROMPT
+    dataset_prompts: dict[str, list[str]] = field(default_factory=dict)
+    dataset_key: str = ""
     preprocessing: PreprocessConfig = field(default_factory=PreprocessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     intended_use: str = "research"
@@ -268,6 +274,39 @@ class BundleConfig:
                 f"model.num_classes is {self.model.num_classes} but the taxonomy has {len(self.taxonomy)} "
                 "structures: a channel-output model needs one channel per taxonomy structure"
             )
+        prompts = self.dataset_prompts
+        if not isinstance(prompts, dict) or not all(
+            isinstance(k, str) and isinstance(v, list) and v and all(isinstance(p, str) for p in v)
+            for k, v in prompts.items()
+        ):
+            raise ValueError("dataset_prompts must map each dataset key to a non-empty list of prompts")
+        if self.dataset_key and self.dataset_key not in self.dataset_prompts:
+            raise ValueError(
+                f"dataset_key {self.dataset_key!r} is not a key of dataset_prompts "
+                f"({', '.join(self.dataset_prompts) or 'none'})"
+            )
+
+    def conditioning_prompts(self, dataset_key: str | None = None) -> list[str]:
+        """The prompts whose mean embedding conditions a global-mode model: ``[global_prompt]``, or those of
+        ``dataset_key`` (default: the bundle's ``dataset_key``, else its only dataset key).
+
+        Raises:
+            BundleError: the key is unknown, or none is given and the bundle has several.
+        """
+        if not self.dataset_prompts:
+            return [self.global_prompt]
+        keys = ", ".join(self.dataset_prompts)
+        key = dataset_key or self.dataset_key
+        if not key and len(self.dataset_prompts) == 1:
+            key = next(iter(self.dataset_prompts))
+        if not key:
+            raise BundleError(
+                f"bundle {self.name!r} is conditioned on a dataset's prompt and was trained with the keys "
+                f"{keys}: choose one (dataset_key in {CONFIG_FILE}, or export with --dataset-key KEY)"
+            )
+        if key not in self.dataset_prompts:
+            raise BundleError(f"bundle {self.name!r} has no dataset key {key!r}; it was trained with {keys}")
+        return list(self.dataset_prompts[key])
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-safe dict (the content of ``config.json`` without checksums): every field, through
@@ -456,15 +495,7 @@ def save_bundle(
 
 def _extract_zip(archive_path: Path, target: Path) -> Path:
     """Extract a bundle .zip into ``target`` safely and return the folder holding ``config.json``."""
-    try:
-        with zipfile.ZipFile(archive_path) as archive:
-            for member in archive.infolist():
-                name = Path(member.filename)
-                if name.is_absolute() or ".." in name.parts:
-                    raise BundleError(f"{archive_path}: refusing unsafe member path {member.filename!r}")
-            archive.extractall(target)
-    except zipfile.BadZipFile as err:
-        raise BundleError(f"{archive_path}: not a valid .zip file ({err})") from err
+    extract_zip(archive_path, target, BundleError)  # confined: no "..", links, duplicates or zip bombs
     configs = sorted(target.rglob(CONFIG_FILE), key=lambda p: len(p.parts))
     if not configs:
         raise BundleError(f"{archive_path}: no {CONFIG_FILE} inside; is this a TextGuidedSeg bundle?")
@@ -552,7 +583,12 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
         if external is not None:
             model = external.load_bundle_model(folder, config.model, source)
         else:
-            model = build_model(config.model)
+            try:  # sizes in config.json the weights cannot match (a huge text_dim) fail here, not later
+                model = build_model(config.model)
+            except (RuntimeError, MemoryError, ValueError, TypeError, OverflowError) as err:
+                raise BundleError(
+                    f"{source}: cannot build the model {CONFIG_FILE} describes ({type(err).__name__}: {err})"
+                ) from err
             _load_weights(model, folder / WEIGHTS_FILE, source)
         model.eval()
         cache_dir = folder / CACHE_DIR

@@ -16,11 +16,10 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
-from TextGuidedSegLib.files import sha256_file, verify_checksums
+from TextGuidedSegLib.files import extract_zip, sha256_file, verify_checksums
 from TextGuidedSegLib.registry import CONFIG_FILE, RegistryError, read_bundle_config
 from TextGuidedSegLib.registry.cache import config_vocabulary
 
@@ -113,11 +112,7 @@ def describe_bundle(path: str | Path, verify: bool = True) -> dict[str, Any]:
     source = Path(path)
     if source.is_file():
         with tempfile.TemporaryDirectory(prefix="textguidedseg-info-") as tmp:
-            try:
-                with zipfile.ZipFile(source) as archive:
-                    archive.extractall(tmp)  # zipfile drops absolute and ".." parts of member names
-            except zipfile.BadZipFile as err:
-                raise RegistryError(f"{source}: not a valid .zip file ({err})") from err
+            extract_zip(source, Path(tmp), RegistryError)  # confined: no "..", links or zip bombs
             configs = sorted(Path(tmp).rglob(CONFIG_FILE), key=lambda p: len(p.parts))
             if not configs:
                 raise RegistryError(f"{source}: no {CONFIG_FILE} inside; is this a TextGuidedSeg bundle?")

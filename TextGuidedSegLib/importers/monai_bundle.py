@@ -27,12 +27,12 @@ import json
 import logging
 import re
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from TextGuidedSegLib.bundle import BUNDLE_FORMAT_VERSION, BundleConfig, save_bundle
+from TextGuidedSegLib.files import extract_zip
 from TextGuidedSegLib.importers.monai_config import MonaiConfigError, MonaiConfigReader, parse_conditional
 from TextGuidedSegLib.importers.monai_translation import (
     channel_taxonomy,
@@ -242,14 +242,7 @@ def import_monai_bundle(
         raise MonaiConfigError(f"MONAI bundle {source} does not exist (pass its folder or .zip)")
     with tempfile.TemporaryDirectory(prefix="textguidedseg-monai-") as tmp:
         if source.is_file():
-            try:
-                with zipfile.ZipFile(source) as archive:
-                    for member in archive.namelist():
-                        if Path(member).is_absolute() or ".." in Path(member).parts:
-                            raise MonaiConfigError(f"{source}: refusing unsafe member path {member!r}")
-                    archive.extractall(tmp)
-            except zipfile.BadZipFile as err:
-                raise MonaiConfigError(f"{source}: not a valid .zip file ({err})") from err
+            extract_zip(source, Path(tmp), MonaiConfigError)  # confined: TextGuidedSegLib.files
             folder = _bundle_folder(Path(tmp), source)
         else:
             folder = _bundle_folder(source, source)
