@@ -606,8 +606,9 @@ def test_every_architecture_trains_one_step(phantom_lists, tmp_path, architectur
     channels = architecture in ("swinunetr", "unetr") or mode == "global"
     assert model_config.num_classes == (len(STRUCTURES) if channels else 32)
     bundle = load_bundle(export_bundle(result.checkpoint, tmp_path / "bundle"))
-    if mode == "global":
-        assert config.text.global_prompt in bundle.cache
+    if mode == "global":  # the phantom dataset's sentence, the seed's conditioning
+        (prompt,) = bundle.config.conditioning_prompts()
+        assert prompt.startswith("a computerized tomography of Spleen, ") and prompt in bundle.cache
     if architecture in ("swinunetr", "unetr"):
         assert state["text"] is None and len(bundle.cache) == 0
 

@@ -31,6 +31,11 @@ def main(argv: list[str] | None = None) -> int:
         help="what the bundle is fit for (default: phantom for phantom training lists, synthetic for "
         "synthetic embeddings, else research)",
     )
+    parser.add_argument(
+        "--dataset-key",
+        help="global mode trained on dataset prompts: the dataset key inference conditions on (needed when "
+        "the run had several datasets)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -48,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             license=args.license,
             overwrite=args.overwrite,
             intended_use=args.intended_use,
+            dataset_key=args.dataset_key,
         )
     except (BundleError, FileExistsError, FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -37,7 +37,7 @@ def main(argv: list[str]) -> int:
     from TextGuidedSegLib.data.datasets import DatasetListError
     from TextGuidedSegLib.text import EmbeddingCacheError
     from TextGuidedSegLib.training.arguments import read_command_line, report_error
-    from TextGuidedSegLib.training.checkpoint import load_checkpoint
+    from TextGuidedSegLib.training.checkpoint import CheckpointWriteError, load_checkpoint
     from TextGuidedSegLib.training.config import (
         ConfigError,
         TrainConfig,
@@ -47,7 +47,7 @@ def main(argv: list[str]) -> int:
     )
     from TextGuidedSegLib.training.distributed import DistributedContext
     from TextGuidedSegLib.training.logs import configure_logging
-    from TextGuidedSegLib.training.trainer import train
+    from TextGuidedSegLib.training.trainer import NonFiniteLossError, train
 
     rank = configure_logging()
     arguments = read_command_line(argv, USAGE)
@@ -71,6 +71,9 @@ def main(argv: list[str]) -> int:
     try:
         result = train(config, resume=resume)
     except (ConfigError, DatasetListError, EmbeddingCacheError, FileExistsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except (CheckpointWriteError, NonFiniteLossError) as err:  # the run stopped; its checkpoints are intact
         print(f"error: {err}", file=sys.stderr)
         return 2
     if rank == 0:

@@ -16,9 +16,18 @@ from .cache import CACHE_DTYPES
 from .data import SliceConfig
 from .model import DEFAULT_CLIPSEG, STRATEGIES, StrategyOptions
 
-__all__ = ["CACHE_MODES", "CLIPSegDataConfig", "CLIPSegTrainConfig", "load_clipseg_config", "rank_batch_size"]
+__all__ = [
+    "CACHE_MODES",
+    "MONITORS",
+    "CLIPSegDataConfig",
+    "CLIPSegTrainConfig",
+    "load_clipseg_config",
+    "rank_batch_size",
+]
 
 CACHE_MODES = ("auto", "off", "memory", "disk")
+#: ``early_stopping``: the validation score that selects the best epoch.
+MONITORS = ("val_loss", "val_dice")
 
 
 @dataclass
@@ -59,7 +68,9 @@ class CLIPSegTrainConfig:
         warmup_steps: linear warm-up steps.
         grad_clip: maximum gradient norm; 0 = off.
         dice_weight: weight of MONAI's ``DiceLoss(sigmoid=True)`` added to the BCE-with-logits loss; 0 = BCE.
-        patience: stop after this many epochs without a lower validation loss; 0 = never stop early.
+        patience: stop after this many epochs without a better validation score; 0 = never stop early.
+        early_stopping: the validation score that picks the best epoch and stops early (:data:`MONITORS`):
+            ``val_loss`` (lower is better) or ``val_dice`` (higher is better; the benchmark's).
         synonym_prob: probability of replacing a sample's prompt by one of the structure's synonyms.
         seed: seed of adapter / LoRA initialisation and of the sample order.
         device: ``auto`` (the rank's GPU, else CPU), ``cpu`` or ``cuda``.
@@ -93,6 +104,7 @@ class CLIPSegTrainConfig:
     grad_clip: float = 0.0
     dice_weight: float = 0.0
     patience: int = 3
+    early_stopping: str = "val_loss"
     synonym_prob: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -130,6 +142,8 @@ class CLIPSegTrainConfig:
             problems.append(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.amp not in ("off", "bf16"):
             problems.append(f"amp must be off or bf16, got {self.amp!r}")
+        if self.early_stopping not in MONITORS:
+            problems.append(f"early_stopping must be one of {list(MONITORS)}, got {self.early_stopping!r}")
         if self.cache not in CACHE_MODES:
             problems.append(f"cache must be one of {list(CACHE_MODES)}, got {self.cache!r}")
         if self.cache_dtype not in CACHE_DTYPES:

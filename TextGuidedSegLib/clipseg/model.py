@@ -38,6 +38,8 @@ from TextGuidedSegLib.text import TextEncoderUnavailableError
 from TextGuidedSegLib.text.encoder import _first_line, _hub_offline, is_local_path
 
 __all__ = [
+    "ADAPTER_LAYOUTS",
+    "BENCHMARK_CLIPSEG",
     "DEFAULT_CLIPSEG",
     "STRATEGIES",
     "BottleneckAdapter",
@@ -52,8 +54,18 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: The CLIPSeg checkpoint the seed fine-tuned (ViT-B/16 CLIP, reduce_dim 64, refined decoder).
+#: The default base CLIPSeg (ViT-B/16 CLIP, reduce_dim 64, refined decoder). The benchmark
+#: (pranzalkhadka/clipseg-tuning-benchmark) fine-tuned :data:`BENCHMARK_CLIPSEG` instead (its flare22 config).
 DEFAULT_CLIPSEG = "CIDAS/clipseg-rd64-refined"
+#: The base checkpoint of the CLIPSeg tuning benchmark's three notebooks (reduce_dim 16, plain decoder).
+BENCHMARK_CLIPSEG = "CIDAS/clipseg-rd16"
+#: ``StrategyOptions.adapter_layout``: ``benchmark`` = the benchmark's CLIPSegShallowAdapter (one vision
+#: adapter per extracted layer, one text adapter per extracted layer on the EOT hidden state added to the
+#: conditional embedding, a 256-wide conditional adapter); ``compact`` = ours before (one text adapter on
+#: the pooled text output, every adapter ``adapter_bottleneck`` wide).
+ADAPTER_LAYOUTS = ("compact", "benchmark")
+#: Width of the benchmark's conditional adapter (512 -> 256 -> 512).
+BENCHMARK_CONDITIONAL_WIDTH = 256
 #: ImageNet statistics, CLIPSegProcessor's defaults.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -217,7 +229,9 @@ class StrategyOptions:
     """Hyper-parameters of the strategies that add parameters.
 
     Args:
-        adapter_bottleneck: hidden size of each bottleneck adapter (``adapter``).
+        adapter_bottleneck: hidden size of each bottleneck adapter (``adapter``; the benchmark: 512).
+        adapter_layout: ``compact`` or ``benchmark`` (:data:`ADAPTER_LAYOUTS`); ``benchmark`` with width 512
+            on CIDAS/clipseg-rd16 has 4,201,984 trainable parameters, as the benchmark's adapter run.
         lora_rank: rank ``r`` of the LoRA updates (``lora``).
         lora_alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         lora_dropout: dropout on the LoRA input.
@@ -225,6 +239,7 @@ class StrategyOptions:
     """
 
     adapter_bottleneck: int = 64
+    adapter_layout: str = "compact"
     lora_rank: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
@@ -398,23 +413,56 @@ class CLIPSegNet(nn.Module):
                     found[index] = hidden
         return [found[i] for i in wanted]
 
+    @property
+    def text_layer_adapters(self) -> bool:
+        """True with the benchmark's adapter layout (text adapters on each extracted layer's EOT state)."""
+        return any(name.startswith("text_") for name in self.adapters)
+
     def text_features(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Pooled (EOS) text-tower outputs ``(P, H_text)`` of ``prompts``, before ``text_projection``."""
+        """Pooled (EOS) text-tower outputs ``(P, H_text)`` of ``prompts``, before ``text_projection``.
+
+        With the benchmark's adapter layout ``(P, 1 + L, H_text)``: the pooled output, then the EOT token's
+        hidden state after each of the ``L`` extracted layers (what its text adapters read).
+        """
         device = next(self.parameters()).device
         tokens = self.tokenizer(list(prompts), padding=True, truncation=True, return_tensors="pt")
+        layers = self.text_layer_adapters
+        input_ids = tokens["input_ids"].to(device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.text_trainable):
             out = self.hf.clip.text_model(
-                input_ids=tokens["input_ids"].to(device), attention_mask=tokens["attention_mask"].to(device)
+                input_ids=input_ids,
+                attention_mask=tokens["attention_mask"].to(device),
+                output_hidden_states=layers,
             )
-        return out.pooler_output
+        if not layers:
+            return out.pooler_output
+        hidden = out.hidden_states  # embeddings, then one per layer
+        deepest = max(self.extract_layers) + 1
+        if deepest >= len(hidden):
+            raise ValueError(
+                f"the text tower has {len(hidden) - 1} layers; the benchmark's text adapters read layers "
+                f"{list(self.extract_layers)} (extract_layers): use adapter_layout=compact with this model"
+            )
+        eot = input_ids.argmax(dim=-1)  # the EOT token has the highest id (the benchmark's rule)
+        rows = torch.arange(input_ids.shape[0], device=device)
+        states = [hidden[layer + 1][rows, eot] for layer in self.extract_layers]
+        return torch.stack([out.pooler_output, *states], dim=1)
 
     def conditional_embeddings(self, text_features: torch.Tensor) -> torch.Tensor:
-        """``(P, H_text)`` pooled text outputs -> ``(P, E)`` conditional embeddings (adapters applied)."""
+        """``text_features`` (see :meth:`text_features`) -> ``(P, E)`` conditional embeddings (adapters on).
+
+        Benchmark layout: ``cond_adapter(text_projection(pooled)) + sum_l text_adapter_l(eot_state_l)``.
+        """
+        layers = text_features[:, 1:] if text_features.ndim == 3 else None
+        pooled = text_features[:, 0] if text_features.ndim == 3 else text_features
         if "text" in self.adapters:
-            text_features = self.adapters["text"](text_features)
-        conditional = self.hf.clip.text_projection(text_features)
+            pooled = self.adapters["text"](pooled)
+        conditional = self.hf.clip.text_projection(pooled)
         if "conditional" in self.adapters:
             conditional = self.adapters["conditional"](conditional)
+        if layers is not None:
+            for index, layer in enumerate(self.extract_layers):
+                conditional = conditional + self.adapters[f"text_{layer}"](layers[:, index])
         return conditional
 
     def encode_prompts(self, prompts: Sequence[str]) -> torch.Tensor:
@@ -566,15 +614,32 @@ def _decoder(net: CLIPSegNet, options: StrategyOptions) -> None:
 
 
 def _adapter(net: CLIPSegNet, options: StrategyOptions) -> None:
-    """CLIPSeg frozen; residual bottleneck adapters train on the extracted vision activations, on the pooled
-    text output and on the conditional embedding (the seed's placement)."""
+    """CLIPSeg frozen; residual bottleneck adapters train on the extracted vision activations, on the text
+    side (``compact``: the pooled output; ``benchmark``: each extracted layer's EOT state, added to the
+    conditional embedding) and on the conditional embedding (``options.adapter_layout``)."""
+    if options.adapter_layout not in ADAPTER_LAYOUTS:
+        raise ValueError(
+            f"options.adapter_layout must be one of {list(ADAPTER_LAYOUTS)}, got {options.adapter_layout!r}"
+        )
     net.requires_grad_(False)
     config = net.hf.config
     width = options.adapter_bottleneck
     for layer in net.extract_layers:
         net.adapters[f"vision_{layer}"] = BottleneckAdapter(config.vision_config.hidden_size, width)
-    net.adapters["text"] = BottleneckAdapter(config.text_config.hidden_size, width)
-    net.adapters["conditional"] = BottleneckAdapter(config.projection_dim, width)
+    if options.adapter_layout == "benchmark":
+        if config.text_config.hidden_size != config.projection_dim:
+            raise ValueError(
+                f"adapter_layout=benchmark adds text hidden states ({config.text_config.hidden_size}) to the "
+                f"conditional embedding ({config.projection_dim}): they must be one size; use "
+                "adapter_layout=compact with this model"
+            )
+        for layer in net.extract_layers:
+            net.adapters[f"text_{layer}"] = BottleneckAdapter(config.text_config.hidden_size, width)
+        conditional_width = BENCHMARK_CONDITIONAL_WIDTH
+    else:
+        net.adapters["text"] = BottleneckAdapter(config.text_config.hidden_size, width)
+        conditional_width = width
+    net.adapters["conditional"] = BottleneckAdapter(config.projection_dim, conditional_width)
     device = next(net.hf.parameters()).device
     net.adapters.to(device)
     net.adapters.requires_grad_(True)

@@ -30,6 +30,7 @@ def make_tiny_clipseg(
     vision_layers: int = 4,
     extract_layers: tuple[int, ...] = (0, 1, 2),
     seed: int = 0,
+    text_layers: int = 2,
 ) -> Path:
     """Save a tiny random-init ``CLIPSegForImageSegmentation`` and its ``CLIPSegProcessor`` into ``folder``.
 
@@ -38,6 +39,7 @@ def make_tiny_clipseg(
     layers 10-12 of ViT-B/16 in CIDAS/clipseg-rd64-refined), a 2-layer text tower, projection and reduce
     size 16, the refined decoder's transposed convolutions; a byte-level CLIP tokenizer (514 tokens, no
     merges). The same arguments always give identical weights; the global RNG is left untouched.
+    ``text_layers``: depth of the text tower (the benchmark's adapter layout reads its ``extract_layers``).
 
     Returns:
         ``folder``.
@@ -53,7 +55,7 @@ def make_tiny_clipseg(
             "vocab_size": len(tokenizer),
             "hidden_size": hidden_size,
             "intermediate_size": 2 * hidden_size,
-            "num_hidden_layers": 2,
+            "num_hidden_layers": text_layers,
             "num_attention_heads": 4,
             "max_position_embeddings": 77,
             "bos_token_id": tokenizer.bos_token_id,

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from TextGuidedSegLib.training.checkpoint import BEST_NAME, load_checkpoint, seed_generators
 from TextGuidedSegLib.training.config import ConfigError
-from TextGuidedSegLib.training.run import VAL_LOSS, Run
+from TextGuidedSegLib.training.run import MEAN_DICE, VAL_LOSS, BestMetric, Run
 from TextGuidedSegLib.training.trainer import get_lr
 
 from .cache import EncoderCache
@@ -318,7 +318,7 @@ def train_clipseg(
     Returns:
         A :class:`CLIPSegTrainResult`; its net holds the best epoch's weights.
     """
-    run = Run.from_config(config, VAL_LOSS, kind="clipseg")
+    run = Run.from_config(config, monitor(config), kind="clipseg")
     per_rank = rank_batch_size(
         config, run.context.world_size
     )  # DistributedConfigError before anything starts
@@ -326,9 +326,15 @@ def train_clipseg(
         return _train_clipseg(run, config, per_rank, net, train_set, val_set, resume)
 
 
+def monitor(config: CLIPSegTrainConfig) -> BestMetric:
+    """The checkpoints' ``best_metric``: ``VAL_LOSS`` or ``MEAN_DICE`` (``config.early_stopping``)."""
+    return MEAN_DICE if config.early_stopping == "val_dice" else VAL_LOSS
+
+
 @dataclass
 class _State:
-    """The run's counters and record; ``best_loss`` is the checkpoints' ``best_metric`` (``VAL_LOSS``)."""
+    """The run's counters and record; ``best_loss`` is the checkpoints' ``best_metric`` (see :func:`monitor`:
+    the validation loss or Dice)."""
 
     step: int = 0
     first_epoch: int = 0
@@ -434,9 +440,10 @@ def _train_clipseg(
                     context.world_size,
                     autocast,
                 )
-                improved = VAL_LOSS.improves(val_loss, state.best_loss)
+                score = val_dice if config.early_stopping == "val_dice" else val_loss
+                improved = monitor(config).improves(score, state.best_loss)
                 if improved:
-                    state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+                    state.best_loss, state.best_epoch, state.bad_epochs = score, epoch, 0
                     state.best_state = _trainable_state(net)
                 else:
                     state.bad_epochs += 1
@@ -454,7 +461,9 @@ def _train_clipseg(
             if stop:
                 stopped_early = True
                 if run.master:
-                    logger.info("early stopping: no lower validation loss for %d epochs", config.patience)
+                    logger.info(
+                        "early stopping: no better %s for %d epochs", config.early_stopping, config.patience
+                    )
                 break
         bar.close()
         if state.best_state is not None:
@@ -554,7 +563,7 @@ def _start(
     counters and generators (and the best epoch's weights, to end with)."""
     if checkpoint is None:
         seed_generators(config.seed + run.context.rank)
-        return _State()
+        return _State(best_loss=monitor(config).initial)
     _load_trainable(net, checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     state = _State(

@@ -18,6 +18,10 @@ Label mapping rules (one :class:`DatasetSpec` per dataset key):
   together; labelled by side, each tumour voxel joins the side it lies on; an entry that names its side
   (TotalSegmentator's ``kidney_cyst_left``) keeps it.
 - ``optional`` raw values (BTCV's duodenum) are annotated only in cases that contain them.
+- ``later_cases``: ``{"from_case": N, "annotated": [label ids]}``: cases whose name ends in a number ``>= N``
+  annotate only these label ids (BTCV's second template, the Universal Model's ``01_2``: cases 60 and above
+  annotate 8 of the 14 organs); the other channels are unknown there, not absent
+  (:meth:`DatasetSpec.annotated_in`).
 - A dataset's *template* (:attr:`DatasetSpec.annotated`) is every label id its labels reach, pairs counted
   as both sides.
 - Raw values above ``num_classes`` (default: the length of ``labels``) that have no mapping are unknown:
@@ -103,6 +107,8 @@ class DatasetSpec:
             quietly, larger unmapped values with a warning.
         optional: raw values whose channels are annotated only in cases that contain them.
         notes: where the mapping comes from and what was decided.
+        later_cases: ``(N, label ids)``: a case whose name ends in a number ``>= N`` annotates only these
+            label ids (BTCV's ``01_2`` template); None = every case annotates the whole template.
     """
 
     key: str
@@ -113,6 +119,20 @@ class DatasetSpec:
     num_classes: int = 0
     optional: frozenset[int] = frozenset()
     notes: str = ""
+    later_cases: tuple[int, frozenset[int]] | None = None
+
+    def annotated_in(self, case: str | None) -> frozenset[int] | None:
+        """The label ids case ``case`` can annotate at most, or None when it is the whole template.
+
+        Only for ``later_cases`` datasets: the case number is the trailing number of the case name
+        (``label0061`` -> 61, the seed's ``int(name[-2:])`` for BTCV's names).
+        """
+        if self.later_cases is None or not case:
+            return None
+        match = _TRAILING_NUMBER.search(case)
+        if match is None or int(match.group(1)) < self.later_cases[0]:
+            return None
+        return self.later_cases[1]
 
     def channels_of(self, raw_values: Sequence[int]) -> tuple[int, ...]:
         """Sorted taxonomy label ids reached by ``raw_values`` (pairs counted as both sides)."""
@@ -257,6 +277,12 @@ def _build_spec(
     if not optional <= set(table):
         raise ValueError(f"{where}: optional raw values {sorted(optional - set(table))} have no mapping")
     folders = tuple(entry.get("folders", []))  # type: ignore[arg-type]
+    later = entry.get("later_cases")
+    later_cases = None
+    if later is not None:
+        if not isinstance(later, dict) or set(later) != {"from_case", "annotated"}:
+            raise ValueError(f"{where}: later_cases must be {{'from_case': N, 'annotated': [label ids]}}")
+        later_cases = (int(later["from_case"]), frozenset(int(v) for v in later["annotated"]))
     return DatasetSpec(
         key=key,
         title=str(entry.get("title", key)),
@@ -266,6 +292,7 @@ def _build_spec(
         num_classes=num_classes,
         optional=optional,
         notes=str(entry.get("notes", "")),
+        later_cases=later_cases,
     )
 
 
@@ -396,6 +423,7 @@ def case_name(path: str | PurePath) -> str:
     return PurePath(name).stem
 
 
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
 _COMMENT = re.compile(r"(^|\s)#.*$")
 _TABS = re.compile(r"\t+")
 _WHITESPACE = re.compile(r"\s")

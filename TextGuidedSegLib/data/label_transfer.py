@@ -190,7 +190,10 @@ def split_left_right(
 
 
 def transfer_labels(
-    label_map: np.ndarray, dataset: str | DatasetSpec, affine: np.ndarray | None = None
+    label_map: np.ndarray,
+    dataset: str | DatasetSpec,
+    affine: np.ndarray | None = None,
+    case: str | None = None,
 ) -> TransferredLabels:
     """Transfer a raw label map of ``dataset`` into the 32 taxonomy channels.
 
@@ -201,6 +204,7 @@ def transfer_labels(
             :func:`~TextGuidedSegLib.data.datasets.dataset_from_class_map`).
         affine: ``(4, 4)`` voxel-to-RAS+ matrix of ``label_map``; required for datasets that label both
             sides of a paired structure as one class (KiTS, AbdomenCT-1K, CT-ORG, WORD's adrenal glands).
+        case: the case name (``label0061``); selects a dataset's ``later_cases`` template (BTCV ``01_2``).
 
     Returns:
         The :class:`TransferredLabels`: ``target`` ``(32, I, J, K)`` uint8 and the annotated label ids.
@@ -269,6 +273,11 @@ def transfer_labels(
         )
     annotated = set(spec.annotated)
     annotated.update(spec.channels_of([int(v) for v in present if int(v) in spec.optional]))
+    subset = spec.annotated_in(case)
+    if subset is not None:  # a later case annotates fewer structures: the others are unknown, not absent
+        for label_id in annotated - subset:
+            target[label_id - 1] = 0
+        annotated &= subset
     return TransferredLabels(
         target=target, annotated=tuple(sorted(annotated)), dataset=spec.key, unknown_values=unknown
     )

@@ -48,6 +48,7 @@ import torch
 __all__ = [
     "BEST_NAME",
     "CHECKPOINT_FORMAT_VERSION",
+    "CheckpointWriteError",
     "checkpoint_name",
     "find_latest",
     "get_rng_state",
@@ -71,17 +72,35 @@ def checkpoint_name(step: int) -> str:
     return f"ckpt_{step:07d}.pt"
 
 
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, no permission); the message names the file. Whatever was
+    at that path before is intact: the write goes to a temporary file that replaces it only when complete."""
+
+
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    """Write ``state`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``).
+
+    Raises:
+        CheckpointWriteError: the write failed (e.g. the disk is full); ``path`` is as it was before.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             torch.save(state, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as RuntimeError
+        kept = "the previous file is intact" if path.exists() else "nothing was written there"
+        reason = getattr(err, "strerror", None) or err
+        error = CheckpointWriteError(
+            f"cannot write checkpoint {path}: {reason}; {kept}. Free disk space (or fix the folder's "
+            "permissions) and continue with --resume auto"
+        )
+        error.errno = getattr(err, "errno", None)
+        raise error from err
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

@@ -1,8 +1,10 @@
 """``TrainConfig``: every setting of a training run, from a YAML file plus ``--key=value`` overrides.
 
-The defaults reproduce the seed's run (feature size 48, ROI 96³, 1.5 mm, AdamW lr 1e-4 and weight decay 1e-5,
-HU window [-175, 250], 2 crops per image with positive:negative 2:1); a YAML file names the data and the
-model, and command-line overrides change single keys::
+The defaults follow the seed's data pipeline (feature size 48, ROI 96³, 1.5 mm, HU window [-175, 250], 2 crops
+per image with positive:negative 2:1, RandZoom on the MSD datasets, class-balanced crops on the tumour
+datasets) and the Universal Model's optimizer (AdamW lr 1e-4, weight decay 1e-5; the seed's FiLM runs used lr
+4e-4, 50 warm-up epochs of 1000); a YAML file names the data and the model, and command-line overrides change
+single keys::
 
     config = load_config("Training/configs/demo_phantom.yaml", ["--optim.lr=3e-4", "--max_steps=100"])
 
@@ -43,6 +45,7 @@ __all__ = [
     "TEXT_SOURCES",
     "BatchPlan",
     "ConfigError",
+    "GLOBAL_CONDITIONINGS",
     "DataConfig",
     "DistributedConfigError",
     "OptimConfig",
@@ -61,8 +64,13 @@ __all__ = [
 CACHE_MODES: tuple[str, ...] = ("none", "memory", "disk")
 #: ``text.source``: an ``EmbeddingCache`` folder, or deterministic synthetic vectors (demo, no CLIP).
 TEXT_SOURCES: tuple[str, ...] = ("cache", "synthetic")
+#: ``text.global_conditioning``: what conditions a global-mode model: the seed's dataset prompts (the sentence
+#: of the sample's dataset key, or the mean of its organs' sentence embeddings), or one fixed prompt for all.
+GLOBAL_CONDITIONINGS: tuple[str, ...] = ("dataset_sentence", "dataset_mean", "fixed")
 #: ``amp``: ``auto`` = bf16 on a GPU that has it, else fp16 with a GradScaler; always off on CPU.
 AMP_MODES: tuple[str, ...] = ("auto", "bf16", "fp16", "off")
+#: ``nonfinite_loss``: a NaN/inf loss ends the run (``stop``) or leaves that step's weights alone (``skip``).
+NONFINITE_LOSS_MODES: tuple[str, ...] = ("stop", "skip")
 #: The taxonomy the label transfer writes (channel ``c - 1`` is its label id ``c``).
 TRAINING_TAXONOMY = "universal32"
 _C = TypeVar("_C")
@@ -136,6 +144,13 @@ class DataConfig:
         num_workers: DataLoader worker processes per rank (0 = load in the training process).
         uniform_sample: the seed's sampling: each draw picks the next dataset round-robin, then a random case
             of it, so small datasets are seen as often as large ones.
+        zoom_datasets: ``fnmatch`` patterns of dataset keys that get ``RandZoomd`` before the crop (the seed:
+            the MSD datasets); ``[]`` = no zoom.
+        zoom_prob: probability of the zoom.
+        zoom_range: ``(min_zoom, max_zoom)`` (the seed: 1.3-1.5, size kept: a magnified centre).
+        class_crop_datasets: dataset keys whose crops are drawn by ``RandCropByLabelClassesd`` (background,
+            organ, tumour) instead of pos:neg (the seed: LiTS and MSD Task03, 07, 08).
+        class_crop_ratios: the class ratios (background, organ, tumour) of those crops (the seed: 1, 1, 5).
     """
 
     train_lists: list[str] = field(default_factory=list)
@@ -156,6 +171,13 @@ class DataConfig:
     cache_dir: str = ""
     num_workers: int = 4
     uniform_sample: bool = False
+    zoom_datasets: list[str] = field(default_factory=lambda: ["msd_*"])
+    zoom_prob: float = 0.3
+    zoom_range: tuple[float, float] = (1.3, 1.5)
+    class_crop_datasets: list[str] = field(
+        default_factory=lambda: ["lits", "msd_task03", "msd_task07", "msd_task08"]
+    )
+    class_crop_ratios: tuple[float, float, float] = (1.0, 1.0, 5.0)
 
 
 @dataclass
@@ -171,7 +193,12 @@ class TextConfig:
         encoder: the text encoder (Hugging Face id or folder) that built the cache, recorded in exported
             bundles so that they can encode free text; ``""`` = none (the bundle knows its vocabulary only).
         encoder_output: ``pooler`` or ``projected`` (see ``TextEncoderSpec``).
-        global_prompt: the prompt that conditions a global-mode model.
+        global_conditioning: what conditions a global-mode model (see ``data.dataset_prompts``):
+            ``dataset_sentence`` (the seed's default: each sample gets its dataset's sentence, "a computerized
+            tomography of " + the dataset's organ names, and validation uses each case's own dataset),
+            ``dataset_mean`` (the mean of the organs' sentence embeddings) or ``fixed`` (``global_prompt``
+            for every sample: FiLM then learns a constant; kept for comparison).
+        global_prompt: the prompt of ``global_conditioning: fixed``.
     """
 
     source: str = "cache"
@@ -179,6 +206,7 @@ class TextConfig:
     dim: int = 512
     encoder: str = ""
     encoder_output: str = "pooler"
+    global_conditioning: str = "dataset_sentence"
     global_prompt: str = GLOBAL_PROMPT
 
 
@@ -232,6 +260,9 @@ class TrainConfig:
         val_sw_batch_size: windows per forward pass in validation (and exported bundles).
         ckpt_every: write a checkpoint every this many steps (and at the last one).
         keep_last: checkpoints kept besides ``best.pt``.
+        nonfinite_loss: what a step whose loss is NaN or infinite does: ``"stop"`` (the run ends with an
+            error naming the step; the checkpoints written so far are intact) or ``"skip"`` (no weight update
+            for that step, a warning and a ``"skipped"`` record in ``metrics.jsonl``; the step still counts).
         log_every: log (and write to TensorBoard) every this many steps; ``metrics.jsonl`` gets every step.
         tensorboard: write TensorBoard event files.
         progress: show a tqdm progress bar (rank 0).
@@ -260,6 +291,7 @@ class TrainConfig:
     val_sw_batch_size: int = 1
     ckpt_every: int = 1000
     keep_last: int = 3
+    nonfinite_loss: str = "stop"
     log_every: int = 10
     tensorboard: bool = True
     progress: bool = True
@@ -295,6 +327,10 @@ class TrainConfig:
         need(0.0 <= self.val_overlap < 1.0, "val_overlap must be in [0, 1)")
         need(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
         need(self.amp in AMP_MODES, f"amp must be one of {list(AMP_MODES)}, got {self.amp!r}")
+        need(
+            self.nonfinite_loss in NONFINITE_LOSS_MODES,
+            f"nonfinite_loss must be one of {list(NONFINITE_LOSS_MODES)}, got {self.nonfinite_loss!r}",
+        )
         data, optim, text = self.data, self.optim, self.text
         need(data.cache in CACHE_MODES, f"data.cache must be one of {list(CACHE_MODES)}, got {data.cache!r}")
         need(0.0 < data.cache_rate <= 1.0, "data.cache_rate must be in (0, 1]")
@@ -309,8 +345,16 @@ class TrainConfig:
             data.hu_window[0] < data.hu_window[1], f"data.hu_window must be (low, high), got {data.hu_window}"
         )
         need(
-            all(0.0 <= p <= 1.0 for p in (data.rotate90_prob, data.shift_intensity_prob)),
+            all(0.0 <= p <= 1.0 for p in (data.rotate90_prob, data.shift_intensity_prob, data.zoom_prob)),
             "data: probabilities in [0, 1]",
+        )
+        need(
+            0 < data.zoom_range[0] <= data.zoom_range[1],
+            f"data.zoom_range must be (min, max) with 0 < min <= max, got {list(data.zoom_range)}",
+        )
+        need(
+            all(r >= 0 for r in data.class_crop_ratios) and sum(data.class_crop_ratios) > 0,
+            "data.class_crop_ratios: non-negative, not all 0",
         )
         roi = data.roi_size
         if self.model.architecture in SWIN_ARCHITECTURES:
@@ -329,6 +373,11 @@ class TrainConfig:
             f"text.source must be one of {list(TEXT_SOURCES)}, got {text.source!r}",
         )
         need(text.dim >= 1, "text.dim must be >= 1")
+        need(
+            text.global_conditioning in GLOBAL_CONDITIONINGS,
+            f"text.global_conditioning must be one of {list(GLOBAL_CONDITIONINGS)}, "
+            f"got {text.global_conditioning!r}",
+        )
         need(
             text.encoder_output in ("pooler", "projected"), "text.encoder_output must be pooler or projected"
         )

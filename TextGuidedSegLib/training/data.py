@@ -7,8 +7,11 @@ Pipeline (MONAI dictionary transforms; ``image`` is the CT, ``label`` the raw la
    :class:`TransferLabelsd` (raw labels -> the training structures, with the affine of the resampled grid,
    before any crop so that left/right splits see the whole body) -> ``CropForegroundd`` -> ``SpatialPadd``
    to the ROI;
-2. random (training only): ``RandCropByPosNegLabeld`` (``num_samples`` crops, pos:neg) -> ``RandRotate90d``
-   -> ``RandShiftIntensityd`` -> :class:`SampleQueriesd` (partial-label query sampling).
+2. random (training only), :class:`DatasetCropd` by the case's dataset as the seed's pipeline: ``RandZoomd``
+   (``data.zoom_datasets``, the MSD ones) then ``RandCropByLabelClassesd`` (background : organ : tumour
+   1:1:5, ``data.class_crop_datasets``: LiTS, MSD Task03/07/08) or ``RandCropByPosNegLabeld`` (the others;
+   ``num_samples`` crops, pos:neg) -> ``RandRotate90d`` -> ``RandShiftIntensityd`` -> :class:`SampleQueriesd`
+   (partial-label query sampling).
 
 Exact resumption. The data a step sees is a pure function of ``(seed, epoch, position)``: the
 :class:`ResumableSampler` orders an epoch from ``(seed, epoch)`` and hands each item its own augmentation
@@ -28,6 +31,7 @@ import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +46,12 @@ from monai.transforms import (
     LoadImaged,
     MapTransform,
     Orientationd,
+    RandCropByLabelClassesd,
     RandCropByPosNegLabeld,
     Randomizable,
     RandRotate90d,
     RandShiftIntensityd,
+    RandZoomd,
     ScaleIntensityRanged,
     Spacingd,
     SpatialPadd,
@@ -60,19 +66,26 @@ from .config import TRAINING_TAXONOMY, ConfigError, DataConfig
 from .queries import sample_queries
 
 __all__ = [
+    "TUMOUR_LABEL_IDS",
     "AugmentedDataset",
+    "DatasetCropd",
     "ResumableSampler",
     "SampleQueriesd",
     "TransferLabelsd",
     "build_train_loader",
     "build_val_loader",
     "case_dicts",
+    "list_datasets",
     "read_cases",
     "rotate90_axes",
     "structure_channels",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Label ids of the tumour channels (kidney, liver, pancreas, hepatic-vessel, lung, colon tumour): the
+#: "tumour" class of :class:`DatasetCropd`'s class-balanced crops.
+TUMOUR_LABEL_IDS = frozenset({26, 27, 28, 29, 30, 31})
 
 
 def structure_channels(structures: Sequence[str]) -> list[int]:
@@ -117,6 +130,18 @@ def read_cases(
             f"no {purpose} case annotates any of the structures {list(structures)} in {list(list_files)}"
         )
     return cases
+
+
+def list_datasets(list_files: Sequence[str], data: DataConfig, structures: Sequence[str]) -> list[str]:
+    """The sorted dataset keys of the list files' cases that :func:`read_cases` keeps (no warnings here)."""
+    channels = {c + 1 for c in structure_channels(structures)}
+    keys: set[str] = set()
+    for list_file in list_files:
+        cases = read_list_file(
+            list_file, data_root=data.data_root or None, default_dataset=data.default_dataset or None
+        )
+        keys.update(c.dataset for c in cases)
+    return sorted(k for k in keys if channels & set(_reachable(k)))
 
 
 def _reachable(dataset: str) -> tuple[int, ...]:
@@ -178,7 +203,7 @@ class TransferLabelsd(MapTransform):
         raw = torch.as_tensor(label).numpy()
         if raw.ndim != 4 or raw.shape[0] != 1:
             raise ValueError(f"{d.get('name', '?')}: expected a (1, I, J, K) label map, got {raw.shape}")
-        transferred = transfer_labels(raw[0], d[self.dataset_key], affine)
+        transferred = transfer_labels(raw[0], d[self.dataset_key], affine, case=d.get("name"))
         target = torch.from_numpy(np.ascontiguousarray(transferred.target[self.channels]))
         d[self.label_key] = MetaTensor(target, meta=label.meta) if isinstance(label, MetaTensor) else target
         annotated = set(transferred.annotated)
@@ -221,6 +246,94 @@ class SampleQueriesd(Randomizable, MapTransform):
         return d
 
 
+class DatasetCropd(Randomizable, MapTransform):
+    """The seed's per-dataset zoom and crop: ``num_samples`` crops of ``image`` and ``label``.
+
+    A case of a dataset matching ``data.zoom_datasets`` is first zoomed (``RandZoomd``, area / nearest, size
+    kept). A case of ``data.class_crop_datasets`` is cropped by ``RandCropByLabelClassesd`` on three classes,
+    background (no annotated structure), organ (an annotated non-tumour structure) and tumour
+    (:data:`TUMOUR_LABEL_IDS`), at ``data.class_crop_ratios``; any other case by ``RandCropByPosNegLabeld``.
+
+    Args:
+        data: the data settings.
+        label_ids: the label id of each channel of ``label`` (the training structures).
+    """
+
+    def __init__(self, data: DataConfig, label_ids: Sequence[int]) -> None:
+        MapTransform.__init__(self, keys=["image", "label"])
+        keys = ["image", "label"]
+        self.zoom_patterns = list(data.zoom_datasets)
+        self.class_datasets = set(data.class_crop_datasets)
+        self.tumour = torch.tensor([i in TUMOUR_LABEL_IDS for i in label_ids], dtype=torch.bool)
+        self.zoom = RandZoomd(
+            keys=keys,
+            prob=data.zoom_prob,
+            min_zoom=data.zoom_range[0],
+            max_zoom=data.zoom_range[1],
+            mode=("area", "nearest"),
+        )
+        self.pos_neg = RandCropByPosNegLabeld(
+            keys=keys,
+            label_key="label",
+            spatial_size=data.roi_size,
+            pos=data.pos,
+            neg=data.neg,
+            num_samples=data.num_samples,
+            image_key="image",
+            image_threshold=0,
+        )
+        self.by_class = RandCropByLabelClassesd(
+            keys=keys,
+            label_key="crop_classes",
+            spatial_size=data.roi_size,
+            ratios=list(data.class_crop_ratios),
+            num_classes=3,
+            num_samples=data.num_samples,
+            warn=False,
+        )
+
+    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None):
+        """Seed this transform and its zoom and crops (each from its own draw)."""
+        super().set_random_state(seed, state)
+        for child in (self.zoom, self.pos_neg, self.by_class):
+            child.set_random_state(seed=int(self.R.randint(0, 2**31 - 1)))
+        return self
+
+    def randomize(self, data: Any = None) -> None:  # the children draw
+        pass
+
+    def zooms(self, dataset: str) -> bool:
+        """Whether cases of ``dataset`` are zoomed."""
+        return any(fnmatchcase(dataset, pattern) for pattern in self.zoom_patterns)
+
+    def crop_classes(self, label: torch.Tensor) -> torch.Tensor:
+        """``(S, I, J, K)`` masks -> ``(1, I, J, K)`` class map: 0 background, 1 organ, 2 tumour."""
+        label = torch.as_tensor(label).bool()
+        organ = (
+            label[~self.tumour].any(0)
+            if bool((~self.tumour).any())
+            else torch.zeros(label.shape[1:], dtype=torch.bool)
+        )
+        tumour = label[self.tumour].any(0) if bool(self.tumour.any()) else torch.zeros_like(organ)
+        classes = torch.zeros(label.shape[1:], dtype=torch.uint8)
+        classes[organ] = 1
+        classes[tumour] = 2
+        return classes[None]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        dataset = str(d.get("dataset", ""))
+        if self.zooms(dataset):
+            d = dict(self.zoom(d))
+        if dataset in self.class_datasets:
+            d["crop_classes"] = self.crop_classes(d["label"])
+            crops = self.by_class(d)
+            for crop in crops:
+                crop.pop("crop_classes", None)
+            return crops
+        return self.pos_neg(d)
+
+
 def rotate90_axes(roi_size: Sequence[int]) -> tuple[int, int] | None:
     """A plane whose two sides are equal in ``roi_size`` (so a 90° turn keeps the shape), or None."""
     for axes in ((0, 1), (1, 2), (0, 2)):
@@ -249,21 +362,13 @@ def deterministic_transforms(data: DataConfig, structures: Sequence[str], pad: b
     return Compose(transforms)
 
 
-def random_transforms(data: DataConfig, queries_per_sample: int, negative_fraction: float) -> Compose:
+def random_transforms(
+    data: DataConfig, queries_per_sample: int, negative_fraction: float, structures: Sequence[str]
+) -> Compose:
     """Step 2 of the pipeline (module docstring): crops, augmentation, query sampling."""
     keys = ["image", "label"]
-    transforms: list[Any] = [
-        RandCropByPosNegLabeld(
-            keys=keys,
-            label_key="label",
-            spatial_size=data.roi_size,
-            pos=data.pos,
-            neg=data.neg,
-            num_samples=data.num_samples,
-            image_key="image",
-            image_threshold=0,
-        )
-    ]
+    label_ids = [c + 1 for c in structure_channels(structures)]
+    transforms: list[Any] = [DatasetCropd(data, label_ids)]
     axes = rotate90_axes(data.roi_size)
     if axes is not None and data.rotate90_prob > 0:
         transforms.append(RandRotate90d(keys=keys, prob=data.rotate90_prob, max_k=3, spatial_axes=axes))
@@ -444,7 +549,9 @@ def build_train_loader(
     base = cached_dataset(
         items, deterministic_transforms(data, structures), data, cache_dir / "train", progress
     )
-    dataset = AugmentedDataset(base, random_transforms(data, queries_per_sample, negative_fraction))
+    dataset = AugmentedDataset(
+        base, random_transforms(data, queries_per_sample, negative_fraction, structures)
+    )
     sampler = ResumableSampler(
         [c.dataset for c in cases], seed, rank, world_size, uniform=data.uniform_sample
     )

@@ -3,9 +3,11 @@
 The bundle gets the checkpoint's weights and resolved ``ModelConfig``, the taxonomy subset trained on (its
 channel order), the training pre-processing (spacing, HU window) and sliding window (ROI, validation overlap
 and window batch), and an embedding cache holding exactly the vectors the model was trained with: the
-structures' prompts, plus the global prompt in global mode. ``text.encoder`` of the training config, when set,
-is recorded as the bundle's text encoder so that it can also encode free text; a bundle trained on synthetic
-embeddings never has one and understands only its vocabulary.
+structures' prompts, plus in global mode the conditioning prompts: the fixed global prompt, or each training
+dataset's prompts (recorded as ``dataset_prompts``, with the ``dataset_key`` inference conditions on).
+``text.encoder`` of the training config, when set, is recorded as the bundle's text encoder so that it can
+also encode free text; a bundle trained on synthetic embeddings never has one and understands only its
+vocabulary.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def export_bundle(
     license: str = "",
     overwrite: bool = False,
     intended_use: str | None = None,
+    dataset_key: str | None = None,
 ) -> Path:
     """Write a bundle (folder, or ``.zip`` when ``output`` ends so) from a training checkpoint.
 
@@ -76,6 +79,8 @@ def export_bundle(
         overwrite: replace an existing bundle at ``output``.
         intended_use: what the bundle is fit for (``bundle.INTENDED_USES``); default
             :func:`default_intended_use` ("research" unless trained on phantoms or synthetic embeddings).
+        dataset_key: for a global-mode model trained on its datasets' prompts, the dataset key whose
+            prompt inference conditions on; needed when the run had several datasets.
 
     Returns:
         the path written.
@@ -98,6 +103,16 @@ def export_bundle(
     else:  # text-free baselines: the structure names select channels, no embeddings needed
         cache = EmbeddingCache("none", model_config.text_dim)
         synthetic = False
+    dataset_prompts = dict(text.get("dataset_prompts") or {}) if text is not None else {}
+    if dataset_key and dataset_key not in dataset_prompts:
+        trained = ", ".join(dataset_prompts) or "none (it was trained on one fixed prompt)"
+        raise ValueError(f"dataset_key {dataset_key!r}: the checkpoint's dataset keys are {trained}")
+    if len(dataset_prompts) > 1 and not dataset_key:
+        raise ValueError(
+            f"{checkpoint_path} was conditioned on each case's dataset prompt, with the keys "
+            f"{', '.join(dataset_prompts)}: choose the key inference conditions on (dataset_key=..., "
+            "--dataset-key KEY)"
+        )
     encoder = None
     if config.text.encoder and not synthetic and text is not None:
         encoder = TextEncoderSpec(config.text.encoder, output=config.text.encoder_output)
@@ -112,6 +127,8 @@ def export_bundle(
         else _description(config, model_config, state["step"], synthetic),
         license=license,
         global_prompt=config.text.global_prompt,
+        dataset_prompts=dataset_prompts,
+        dataset_key=dataset_key or "",
         preprocessing=PreprocessConfig(spacing=config.data.spacing, hu_window=config.data.hu_window),
         inference=InferenceConfig(
             roi_size=config.data.roi_size, overlap=config.val_overlap, sw_batch_size=config.val_sw_batch_size

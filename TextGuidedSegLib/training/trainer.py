@@ -43,18 +43,22 @@ from TextGuidedSegLib.taxonomy import get_taxonomy
 
 from .checkpoint import seed_generators
 from .config import TRAINING_TAXONOMY, BatchPlan, TrainConfig, batch_plan
-from .data import TrainData, build_train_loader, build_val_loader
-from .embeddings import load_embeddings
+from .data import TrainData, build_train_loader, build_val_loader, list_datasets
+from .embeddings import GlobalConditioning, conditioning_prompts, load_embeddings
 from .loss import SegmentationLoss
 from .run import MEAN_DICE, Run
 from .validation import validate
 
-__all__ = ["DataPosition", "TrainResult", "batch_inputs", "get_lr", "train"]
+__all__ = ["DataPosition", "NonFiniteLossError", "TrainResult", "batch_inputs", "get_lr", "train"]
 
 logger = logging.getLogger(__name__)
 
 #: Keys of the config that define the weights: on resume they are taken from the checkpoint.
 WEIGHT_KEYS = ("model", "structures", "text")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A step's loss was NaN or infinite and ``nonfinite_loss`` is ``"stop"``; the message names the step."""
 
 
 def get_lr(step: int, lr: float, warmup_steps: int, max_steps: int, min_lr: float = 0.0) -> float:
@@ -83,7 +87,7 @@ def batch_inputs(
     batch: dict[str, Any],
     output: str,
     query_text: torch.Tensor | None,
-    global_text: torch.Tensor | None,
+    global_text: GlobalConditioning | None,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """Model inputs, targets and loss mask of a training batch.
@@ -93,13 +97,14 @@ def batch_inputs(
             ``(N, S, D, H, W)``, ``annotated`` ``(N, S)``, ``class_indices`` / ``query_mask`` ``(N, Q)``.
         output: the model's ``output``: ``"query"`` or ``"channels"``.
         query_text: ``(S, E)`` embeddings of the structures' prompts (text models), on ``device``.
-        global_text: ``(1, E)`` embedding of the global prompt (global mode), on ``device``.
+        global_text: the conditioning of a global-mode model (vectors on ``device``): each crop gets the
+            vector of its dataset (``batch["dataset"]``), or the fixed prompt's.
 
     Returns:
         ``(image, text, target, mask)``: query models get text ``(N, q, E)``, target ``(N, q, D, H, W)`` and
         the query mask ``(N, q)``, with ``q`` the largest number of valid queries of a crop in the batch;
-        channel models get text ``(N, 1, E)`` (global mode) or None, target ``(N, S, D, H, W)`` and the
-        annotated mask ``(N, S)``.
+        channel models get text ``(N, 1, E)`` (global mode, one vector per crop) or None, target
+        ``(N, S, D, H, W)`` and the annotated mask ``(N, S)``.
     """
     image = batch["image"].to(device, non_blocking=True)
     label = batch["label"]
@@ -112,7 +117,7 @@ def batch_inputs(
     else:
         mask = batch["annotated"]
         target = label
-        text = None if global_text is None else global_text.expand(image.shape[0], 1, -1)
+        text = None if global_text is None else global_text.for_datasets(list(batch["dataset"]))
     return image, text, target.to(device, non_blocking=True), mask.to(device, non_blocking=True)
 
 
@@ -169,15 +174,16 @@ class _Parts:
     autocast: Any
     text_state: dict[str, Any] | None
     query_text: torch.Tensor | None
-    global_text: torch.Tensor | None
+    global_text: GlobalConditioning | None
     data: TrainData
     val_loader: Any
 
-    def conditioning(self, n: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Validation inputs for ``n`` windows: every structure, in order."""
+    def conditioning(self, n: int, dataset: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Validation inputs for ``n`` windows of a case of ``dataset``: every structure, in order (global
+        mode: the case's own dataset prompt, as the seed tested)."""
         if self.raw_model.output == "query":
             return self.query_text[None].expand(n, -1, -1), None
-        return (None if self.global_text is None else self.global_text.expand(n, 1, -1)), None
+        return (None if self.global_text is None else self.global_text.for_datasets([dataset] * n)), None
 
 
 @dataclass
@@ -201,6 +207,8 @@ def _param_digest(model: torch.nn.Module) -> str:
 def _resumed_config(config: TrainConfig, checkpoint: dict[str, Any]) -> TrainConfig:
     """``config`` with the weight-defining keys (model, structures, text) of the checkpoint's config."""
     saved = checkpoint["config"]
+    if isinstance(saved.get("text"), dict):  # a checkpoint from before dataset prompts: the fixed prompt
+        saved["text"].setdefault("global_conditioning", "fixed")
     data = config.to_dict()
     for key in WEIGHT_KEYS:
         if data[key] != saved[key]:
@@ -258,21 +266,37 @@ def _train(run: Run, config: TrainConfig, plan: BatchPlan, resume: str | Path | 
 
 def _prompt_embeddings(
     config: TrainConfig, checkpoint: dict[str, Any] | None, prompts: list[str], device: torch.device
-) -> tuple[dict[str, Any] | None, torch.Tensor | None, torch.Tensor | None]:
-    """``(text_state, query_text (S, E), global_text (1, E) or None)``; all None for text-free models."""
+) -> tuple[dict[str, Any] | None, torch.Tensor | None, GlobalConditioning | None]:
+    """``(text_state, query_text (S, E), global conditioning or None)``; all None for text-free models.
+
+    In global mode with dataset prompts the datasets are those of the training and validation lists; the
+    text state records each one's prompts (``dataset_prompts``), which the exported bundle carries."""
     if not config.model.uses_text:
         return None, None, None
     if checkpoint is not None and checkpoint.get("text") is not None:
         text_state = checkpoint["text"]  # exactly the vectors the weights were trained with
     else:
-        prompts = prompts + ([config.text.global_prompt] if config.model.mode == "global" else [])
+        extra: dict[str, list[str]] = {}
+        mode = config.text.global_conditioning if config.model.mode == "global" else "fixed"
+        if config.model.mode == "global":
+            lists = [*config.data.train_lists, *config.data.val_lists]
+            datasets = list_datasets(lists, config.data, config.structures)
+            extra = conditioning_prompts(mode, datasets, config.text.global_prompt)
+            wanted = [p for group in extra.values() for p in group] if extra else [config.text.global_prompt]
+            prompts = prompts + [p for p in dict.fromkeys(wanted) if p not in prompts]
         vectors, encoder_id = load_embeddings(
             config.text.source, prompts, config.text.cache_dir, config.text.dim
         )
         text_state = {"encoder_id": encoder_id, "prompts": prompts, "embeddings": vectors}
+        if config.model.mode == "global":
+            text_state.update(global_conditioning=mode, dataset_prompts=extra)
+            logger.info("global mode conditioned on %s: %s", mode, extra or config.text.global_prompt)
     vectors = text_state["embeddings"].to(device)
     count = len(config.structures)
-    return text_state, vectors[:count], (vectors[count:] if config.model.mode == "global" else None)
+    conditioning = None
+    if config.model.mode == "global":
+        conditioning = GlobalConditioning.from_text_state(text_state, config.text.global_prompt, device)
+    return text_state, vectors[:count], conditioning
 
 
 def _build(config: TrainConfig, checkpoint: dict[str, Any] | None, run: Run) -> _Parts:
@@ -407,18 +431,23 @@ def _loop(run: Run, config: TrainConfig, parts: _Parts, state: _Progress, grad_a
                 out = criterion(logits, target, mask)
                 scaler.scale(out.loss / grad_accum).backward()
             totals += torch.stack([out.loss, out.bce, out.dice]).detach() / grad_accum
+        context.mean_(totals)  # the mean over the ranks: a NaN on one rank is seen by all
+        finite = bool(torch.isfinite(totals).all())
+        if not finite:  # raises for nonfinite_loss "stop"; "skip": no update from this step's gradients
+            _nonfinite_loss(run, config, state, totals.tolist(), last_checkpoint or run.resumed_from)
         grad_norm = torch.zeros((), device=device)
-        if config.optim.grad_clip > 0:
+        if finite and config.optim.grad_clip > 0:
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        if finite:
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
         state.step += 1
 
-        context.mean_(totals)  # the mean over the ranks
         now = time.perf_counter()
-        _log_step(run, config, bar, state, totals.tolist(), lr, float(grad_norm), now - step_start)
+        if finite:
+            _log_step(run, config, bar, state, totals.tolist(), lr, float(grad_norm), now - step_start)
         step_start = now
 
         # validate (every rank takes its share of the cases), then checkpoint (rank 0 writes)
@@ -439,6 +468,23 @@ def _loop(run: Run, config: TrainConfig, parts: _Parts, state: _Progress, grad_a
     if len(set(digests)) != 1:
         raise RuntimeError(f"the ranks' weights diverged at the end of training: digests {digests}")
     return TrainResult(run.run_dir, state.step, last_checkpoint, state.best_metric, float(totals[0]))
+
+
+def _nonfinite_loss(
+    run: Run, config: TrainConfig, state: _Progress, totals: list[float], last_checkpoint: Path | None
+) -> None:
+    """Step ``state.step + 1`` has a NaN/inf loss: raise (``nonfinite_loss: stop``) or log the skip."""
+    step = state.step + 1
+    loss, bce, dice = totals
+    if config.nonfinite_loss == "stop":
+        kept = f"the last checkpoint, {last_checkpoint}, is intact" if last_checkpoint else "no checkpoint"
+        raise NonFiniteLossError(
+            f"step {step}: the loss is {loss} (bce {bce}, dice {dice}), not a finite number; stopping "
+            f"(nonfinite_loss: stop); {kept}. Lower optim.lr, check the data of this epoch, or set "
+            "nonfinite_loss: skip"
+        )
+    logger.warning("step %d: the loss is %s; the step is skipped (nonfinite_loss: skip)", step, loss)
+    run.log({"step": step, "event": "skipped", "reason": "nonfinite_loss", "loss": str(loss)})
 
 
 def _log_step(

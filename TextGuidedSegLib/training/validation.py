@@ -24,7 +24,7 @@ __all__ = ["validate"]
 def validate(
     model: nn.Module,
     loader: DataLoader | None,
-    conditioning: Callable[[int], tuple[torch.Tensor | None, torch.Tensor | None]],
+    conditioning: Callable[[int, str], tuple[torch.Tensor | None, torch.Tensor | None]],
     num_structures: int,
     roi_size: tuple[int, int, int],
     overlap: float,
@@ -39,8 +39,9 @@ def validate(
         model: the segmentation model (put in eval mode here and back in train mode after).
         loader: this rank's validation cases (``image`` ``(1, 1, D, H, W)``, ``label`` ``(1, S, D, H, W)``,
             ``annotated`` ``(1, S)``), or None when the rank has none (it still joins the reduction).
-        conditioning: ``n -> (text, class_indices)`` model inputs for ``n`` windows that ask for all ``S``
-            structures in order: ``(n, S, E)`` text for query models, ``(n, 1, E)`` and None in global mode,
+        conditioning: ``(n, dataset) -> (text, class_indices)`` model inputs for ``n`` windows of a case of
+            dataset ``dataset`` that ask for all ``S`` structures in order: ``(n, S, E)`` text for query
+            models, ``(n, 1, E)`` (the case's dataset prompt, or the fixed one) and None in global mode,
             ``(None, None)`` for the text-free baselines.
         num_structures: ``S``.
         roi_size, overlap, sw_batch_size: the sliding window.
@@ -57,13 +58,16 @@ def validate(
     was_training = model.training
     model.eval()
 
+    dataset = ""
+
     def predictor(window: torch.Tensor) -> torch.Tensor:
-        text, class_indices = conditioning(window.shape[0])
+        text, class_indices = conditioning(window.shape[0], dataset)
         with autocast:
             return model(window, text, class_indices)
 
     for batch in loader if loader is not None else []:
         image = batch["image"].to(device)
+        dataset = str(batch["dataset"][0])
         logits = sliding_window_inference(
             image, roi_size, sw_batch_size, predictor, overlap=overlap, mode="gaussian"
         )
