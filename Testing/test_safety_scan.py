@@ -216,19 +216,21 @@ def test_package_has_no_unsafe_loading() -> None:
     files = package_files()
     assert len(files) > 100, f"only {len(files)} files found under {PACKAGES}: is the scan looking elsewhere?"
     findings = [
-        f for path in files for f in scan_source(path.read_text(), path.relative_to(REPO_ROOT).as_posix())
+        f
+        for path in files
+        for f in scan_source(path.read_text(encoding="utf-8"), path.relative_to(REPO_ROOT).as_posix())
     ]
     assert not findings, "unsafe loading found:\n" + "\n".join(map(str, findings))
 
 
 def test_extract_zip_is_the_only_extraction_site_and_every_zip_loader_uses_it() -> None:
     path, function = EXTRACTION_SITE
-    tree = ast.parse((REPO_ROOT / path).read_text())
+    tree = ast.parse((REPO_ROOT / path).read_text(encoding="utf-8"))
     assert any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), path
     callers = set()
     for file in package_files():
         relative = file.relative_to(REPO_ROOT).as_posix()
-        module = ast.parse(file.read_text())
+        module = ast.parse(file.read_text(encoding="utf-8"))
         owners, aliases = _enclosing_functions(module), _aliases(module)
         for node in ast.walk(module):
             if isinstance(node, ast.Call) and _dotted(node.func, aliases) in (
